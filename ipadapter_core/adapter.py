@@ -1,0 +1,88 @@
+"""A loaded IP-Adapter: its description, its image projection and its per-layer to_k_ip / to_v_ip."""
+
+import os
+
+import torch
+from torch import nn
+
+from .checkpoint import read_state_dict
+from .detect import AdapterSpec, describe
+from .layers import LAYERS
+from .projection import build_projection, run_projection
+
+
+class IPLayer(nn.Module):
+    """The image K/V projections added to one cross-attention layer: [D, C] each, no bias."""
+
+    def __init__(self, cross_attention_dim: int, hidden_size: int):
+        super().__init__()
+        self.to_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
+        self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
+
+
+class IPAdapter(nn.Module):
+    """State-dict keys equal the flat .safetensors keys: `image_proj.*` and `ip_adapter.N.to_{k,v}_ip.weight`."""
+
+    def __init__(self, spec: AdapterSpec, device=None):
+        super().__init__()
+        self.spec = spec
+        self.image_proj = build_projection(spec, device=device)
+        with torch.device(device or "cpu"):
+            self.ip_adapter = nn.ModuleDict(
+                {str(site.index): IPLayer(spec.cross_attention_dim, site.hidden_size) for site in LAYERS[spec.family]}
+            )
+
+    @property
+    def layers(self):
+        return LAYERS[self.spec.family]
+
+
+def adapter_from_state_dict(state_dict: dict, name: str = "state dict") -> IPAdapter:
+    """Build the adapter around the given tensors without copying them (they keep the file's dtypes)."""
+    spec = describe(state_dict, name)
+    adapter = IPAdapter(spec, device="meta")
+    flat = {f"{part}.{k}": v for part in ("image_proj", "ip_adapter") for k, v in state_dict[part].items()}
+    adapter.load_state_dict(flat, strict=True, assign=True)
+    return adapter.requires_grad_(False).eval()
+
+
+def load_adapter(path: str) -> IPAdapter:
+    return adapter_from_state_dict(read_state_dict(path), os.path.basename(path))
+
+
+class ImagePromptError(ValueError):
+    """Image features that do not fit the adapter; the message says which encoder is needed."""
+
+
+def check_features(spec: AdapterSpec, features: torch.Tensor, source: str = "the CLIP vision model"):
+    """Raise ImagePromptError unless `features` is what the adapter's projection consumes."""
+    enc = spec.encoder
+    if enc.output == "image_embeds":
+        ok, expected = features.ndim == 2 and features.shape[1] == enc.width, f"[batch, {enc.width}]"
+    else:
+        ok, expected = features.ndim == 3 and features.shape[2] == enc.width, f"[batch, 257, {enc.width}]"
+    if not ok:
+        raise ImagePromptError(
+            f"{source} gives {enc.output} of shape {list(features.shape)}, but the {spec.label} expects {expected}. "
+            f"Load the CLIP vision model {enc.file_name} ({enc.name}) for this adapter."
+        )
+
+
+def image_tokens(adapter: IPAdapter, features: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """Image tokens for the UNet, [B, T, C], from the encoder output the adapter consumes."""
+    check_features(adapter.spec, features)
+    return run_projection(adapter.image_proj, features, dtype)
+
+
+def uncond_features(spec: AdapterSpec, encode_normalized_pixels=None, batch: int = 1) -> torch.Tensor:
+    """The encoder-side input of the unconditional (negative) image tokens, as the reference makes them (§5.3).
+
+    Base adapters project a zero image embedding. Plus and full-face adapters encode an all-zero
+    *normalised* pixel tensor (an image of the CLIP mean colour, not black): pass
+    `encode_normalized_pixels(pixels [B, 3, 224, 224]) -> features` for those.
+    """
+    if spec.encoder.output == "image_embeds":
+        return torch.zeros(batch, spec.encoder.width)
+    if encode_normalized_pixels is None:
+        raise ValueError(f"the {spec.label} needs the image encoder to make its unconditional tokens")
+    return encode_normalized_pixels(torch.zeros(batch, 3, 224, 224))
