@@ -89,3 +89,27 @@ def flatten(nested, ip_prefix="ip_adapter."):
     flat = {f"image_proj.{k}": v for k, v in nested["image_proj"].items()}
     flat.update({f"{ip_prefix}{k}": v for k, v in nested["ip_adapter"].items()})
     return flat
+
+
+def reduced_adapter(variant, seed=0, hidden_scale=5, dtype=torch.float32):
+    """Our IPAdapter for a UNet built with 1/hidden_scale of the channels (64 instead of 320).
+
+    The projection is full size and loaded by the real loader's strict load; only the K/V are narrower.
+    describe() rightly rejects such a file, so the spec comes from the full-size layout.
+    """
+    from ipadapter_core import IPAdapter, describe
+
+    nested = make_checkpoint(variant, seed=seed, dtype=dtype, hidden_scale=hidden_scale)
+    family = VARIANTS[variant][0]
+    c = CROSS_DIM[family]
+    full_kv = {f"{s.index}.{p}.weight": torch.empty(s.hidden_size, c, device="meta")
+               for s in LAYERS[family] for p in ("to_k_ip", "to_v_ip")}
+    spec = describe({"image_proj": nested["image_proj"], "ip_adapter": full_kv}, variant)
+    adapter = IPAdapter(spec, device="meta")
+    adapter.image_proj.load_state_dict(nested["image_proj"], strict=True, assign=True)
+    for key, value in nested["ip_adapter"].items():
+        index, proj, _ = key.split(".")
+        linear = torch.nn.Linear(value.shape[1], value.shape[0], bias=False, device="meta")
+        linear.weight = torch.nn.Parameter(value, requires_grad=False)
+        setattr(adapter.ip_adapter[index], proj, linear)
+    return adapter.requires_grad_(False).eval()

@@ -7,11 +7,10 @@ Tolerances are relative errors ||ours - ref|| / ||ref|| in fp32: 1e-6 for the pr
 import pytest
 import torch
 from reference_impl import comfy_key_of, import_authors, small_unet
-from synthetic import VARIANTS, make_checkpoint
+from synthetic import VARIANTS, make_checkpoint, reduced_adapter
 
 from ipadapter_core import (
     LAYERS,
-    IPAdapter,
     adapter_from_state_dict,
     decoupled_attention,
     describe,
@@ -123,7 +122,8 @@ def _run_both(layout, variant, ip_weight):
     torch.manual_seed(0)
     _, attention_processor, _ = import_authors()
     nested = make_checkpoint(variant, seed=7, dtype=torch.float32, hidden_scale=10)
-    spec = describe_reduced(nested, variant)
+    adapter = reduced_adapter(variant, seed=7, hidden_scale=10)  # the same tensors, in our adapter
+    spec = adapter.spec
     gen = torch.Generator().manual_seed(4)
     features = features_for(spec, 2, gen)
     latents = torch.randn(2, 4, 16, 16, generator=gen)
@@ -150,7 +150,6 @@ def _run_both(layout, variant, ip_weight):
         reference = unet(latents, t, torch.cat([text, ref_tokens], dim=1)).sample
 
         # ours: every layer found through our layer map by its ComfyUI key, not by position
-        adapter = reduced_adapter(nested, spec)
         tokens = image_tokens(adapter, features)
         sites = {site.patch_key if len(site.patch_key) == 3 else site.patch_key + (0,): site for site in LAYERS[spec.family]}
         procs = {}
@@ -164,26 +163,6 @@ def _run_both(layout, variant, ip_weight):
         unet.set_attn_processor(procs)
         ours = unet(latents, t, text).sample
     return plain, reference, ours
-
-
-def describe_reduced(nested, variant):
-    """describe() a checkpoint whose K/V are 1/10 wide: check the projection against full-size K/V shapes."""
-    family = VARIANTS[variant][0]
-    c = nested["ip_adapter"]["1.to_k_ip.weight"].shape[1]
-    full_kv = {f"{s.index}.{p}.weight": torch.empty(s.hidden_size, c, device="meta")
-               for s in LAYERS[family] for p in ("to_k_ip", "to_v_ip")}
-    return describe({"image_proj": nested["image_proj"], "ip_adapter": full_kv}, variant)
-
-
-def reduced_adapter(nested, spec):
-    """Our adapter with the real projection loader and the reduced K/V put in place by key."""
-    adapter = IPAdapter(spec, device="meta")
-    adapter.image_proj.load_state_dict(nested["image_proj"], strict=True, assign=True)
-    for key, value in nested["ip_adapter"].items():
-        index, proj, _ = key.split(".")
-        setattr(adapter.ip_adapter[index], proj, torch.nn.Linear(value.shape[1], value.shape[0], bias=False))
-        getattr(adapter.ip_adapter[index], proj).weight.data = value
-    return adapter
 
 
 @pytest.mark.parametrize("layout, variant", [("sd15", "sd15_base"), ("sd15", "sd15_plus"), ("sd15", "sd15_full"),
