@@ -7,7 +7,7 @@ import comfy.model_management
 import comfy.model_patcher
 import folder_paths
 
-from ..ipadapter_core import IPAdapter, load_adapter
+from ..ipadapter_core import AdapterFileError, IPAdapter, load_adapter
 from .common import ADAPTER_TYPE, CATEGORY, logger
 
 FOLDER = "ipadapter"
@@ -84,4 +84,8 @@ class LoadIPAdapter:
     )
 
     def load(self, ipadapter_file):
-        return (load_cached(folder_paths.get_full_path_or_raise(FOLDER, ipadapter_file)),)
+        path = folder_paths.get_full_path_or_raise(FOLDER, ipadapter_file)
+        try:
+            return (load_cached(path),)
+        except AdapterFileError as e:
+            raise AdapterFileError(f"Load IP-Adapter: {e}") from None
