@@ -166,3 +166,61 @@ def test_ksampler_runs_with_the_patched_model():
         latent = {"samples": torch.zeros(1, 4, 16, 16)}
         (out,) = nodes.KSampler().sample(patched, 1, 3, 5.0, "euler", "normal", positive, negative, latent, denoise=1.0)
     assert out["samples"].shape == (1, 4, 16, 16) and torch.isfinite(out["samples"]).all()
+
+
+def test_lora_before_or_after_the_adapter():
+    """A LoRA on an attn2 projection is honoured by our patch (it receives the LoRA'd q/k/v), in either order."""
+    with torch.inference_mode():
+        model = build_model("sd15")
+        loaded = loaded_adapter("sd15")
+        prompt = image_prompt(loaded)
+        g = torch.Generator().manual_seed(3)
+        key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+        delta = torch.randn(model.model.get_parameter(key).shape, generator=g) * 0.2
+        lora_first = model.clone()
+        lora_first.add_patches({key: ("diff", (delta,))}, 1.0)
+        ip_then_lora = apply(model, loaded, prompt).clone()
+        ip_then_lora.add_patches({key: ("diff", (delta,))}, 1.0)
+        x, sigma, context, _ = make_inputs("sd15")
+        a = forward(apply(lora_first, loaded, prompt), x, sigma, context, (1, 0))
+        b = forward(ip_then_lora, x, sigma, context, (1, 0))
+        no_lora = forward(apply(model, loaded, prompt), x, sigma, context, (1, 0))
+        reference = lora_first.clone()
+        for site, patch in reference_patches(loaded, prompt, 1.0).items():
+            reference.set_model_attn2_replace(patch, *site.patch_key)
+        expected = forward(reference, x, sigma, context, (1, 0))
+    assert ((a - b).norm() / b.norm()).item() <= 1e-6
+    assert ((a - expected).norm() / expected.norm()).item() <= 1e-5
+    assert ((a - no_lora).norm() / no_lora.norm()).item() > 1e-4
+
+
+def test_controlnet_with_the_patched_model_in_ksampler():
+    """A ControlNet on the conditioning and our patch on the model: both act, sampling succeeds."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.model_management
+    from comfy_host import unet_config
+    from synthetic_files import randomize
+
+    nodes, _, _ = boot()
+    with torch.inference_mode():
+        model = build_model("sd15")
+        loaded = loaded_adapter("sd15")
+        patched = apply(model, loaded, image_prompt(loaded))
+        cfg = {k: v for k, v in unet_config("sd15").items() if k not in ("out_channels", "transformer_depth_output", "dtype",
+                                                                         "use_temporal_attention", "use_temporal_resblock")}
+        net = randomize(comfy.cldm.cldm.ControlNet(hint_channels=3, dtype=torch.float32, **cfg), 7)
+        control = comfy.controlnet.ControlNet(net, load_device=comfy.model_management.get_torch_device())
+        g = torch.Generator().manual_seed(0)
+        positive = [[torch.randn(1, 77, 768, generator=g), {}]]
+        negative = [[torch.zeros(1, 77, 768), {}]]
+        hint = torch.rand(1, 128, 128, 3, generator=g)
+        cpos, cneg = nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control, hint, 1.0, 0.0, 1.0)
+        latent = {"samples": torch.zeros(1, 4, 16, 16)}
+
+        def sample(m, p, n):
+            return nodes.KSampler().sample(m, 1, 2, 5.0, "euler", "normal", p, n, latent, denoise=1.0)[0]["samples"]
+
+        both, ip_only, cn_only = sample(patched, cpos, cneg), sample(patched, positive, negative), sample(model, cpos, cneg)
+    assert torch.isfinite(both).all()
+    assert (both - ip_only).abs().max() > 1e-4 and (both - cn_only).abs().max() > 1e-4

@@ -80,3 +80,104 @@ def test_workflow_passes_comfyui_prompt_validation(path, tmp_path_factory):
     valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("test", prompt, None))
     assert valid, (error, node_errors)
     assert outputs
+
+
+class _Server:
+    """What PromptExecutor needs of a server when nothing listens."""
+
+    client_id = None
+    last_node_id = None
+
+    def __init__(self):
+        self.messages = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    """Every model file a workflow names, with random weights, in temporary model folders."""
+    boot()
+    import folder_paths
+    import synthetic_files as sf
+    from safetensors.torch import save_file
+    from synthetic import flatten, make_checkpoint
+
+    root = tmp_path_factory.mktemp("synthetic_models")
+    made = {}
+
+    def make(folder, name, build):
+        os.makedirs(root / folder, exist_ok=True)
+        path = str(root / folder / name)
+        with torch.inference_mode():
+            build(path)
+        folder_paths.add_model_folder_path(folder, str(root / folder), is_default=True)
+        made[name] = path
+
+    make("checkpoints", "v1-5-pruned-emaonly.safetensors", sf.sd15_checkpoint)
+    make("clip_vision", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", sf.clip_vision_vit_h)
+    make("controlnet", "control_v11p_sd15_canny.pth", sf.sd15_controlnet)
+    make("loras", "your_sd15_lora.safetensors", sf.sd15_lora)
+    if os.environ.get("RUN_SDXL_WORKFLOW"):
+        make("checkpoints", "sd_xl_base_1.0.safetensors", sf.sdxl_checkpoint)
+    for name, variant in (("ip-adapter_sd15.safetensors", "sd15_base"), ("ip-adapter-plus_sd15.safetensors", "sd15_plus"),
+                          ("ip-adapter-plus-face_sd15.safetensors", "sd15_plus"),
+                          ("ip-adapter_sdxl_vit-h.safetensors", "sdxl_vith")):
+        make("ipadapter", name, lambda p, v=variant: save_file(flatten(make_checkpoint(v)), p))
+    return made
+
+
+def input_images(prompt):
+    """Random images for every LoadImage; an inpainting source gets a transparent hole (its mask)."""
+    import folder_paths
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage":
+            pixels = rng.integers(0, 255, (96, 128, 4), dtype=np.uint8)
+            pixels[..., 3] = 255
+            pixels[24:72, 32:96, 3] = 0  # LoadImage's mask is 1 where alpha is 0
+            Image.fromarray(pixels, "RGBA").save(os.path.join(folder_paths.get_input_directory(), node["inputs"]["image"]))
+
+
+@pytest.fixture(scope="module")
+def executor():
+    """One executor for all runs, as in a ComfyUI session: its cache keeps the loaded models between prompts."""
+    boot()
+    import execution
+
+    return execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+
+
+def needs_sdxl(path):
+    if "sdxl" in os.path.basename(path) and not os.environ.get("RUN_SDXL_WORKFLOW"):
+        pytest.skip("the SDXL run builds a 7 GB checkpoint and needs about 20 GB of RAM: set RUN_SDXL_WORKFLOW=1")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
+def test_workflow_runs_with_synthetic_weights(path, model_files, executor):
+    """The shipped workflow, as ComfyUI's executor runs it, with 2 steps at 256x256 to fit a CPU."""
+    import comfy.model_management
+    import execution
+
+    needs_sdxl(path)
+    if "sdxl" in os.path.basename(path):  # make room: drop the SD1.5 models the earlier runs cached
+        executor.reset()
+        comfy.model_management.unload_all_models()
+
+    with open(path) as f:
+        prompt = to_api_prompt(json.load(f), real_definitions())
+    for node in prompt.values():
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = 2
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update(width=256, height=256)
+    input_images(prompt)
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("run", prompt, None))
+    assert valid, (error, node_errors)
+    executor.execute(prompt, "run", {}, outputs)
+    errors = [data for event, data in executor.status_messages if event == "execution_error"]
+    assert executor.success, errors
