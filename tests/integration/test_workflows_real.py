@@ -147,9 +147,14 @@ def input_images(prompt):
 def executor():
     """One executor for all runs, as in a ComfyUI session: its cache keeps the loaded models between prompts."""
     boot()
+    import inspect
+
     import execution
 
-    return execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    # v0.8.0 takes cache_args (with a required "ram" entry); v0.3.64 took cache_size
+    if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+        return execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    return execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC)
 
 
 def needs_sdxl(path):
