@@ -436,3 +436,35 @@ def test_standin_sampling_matches_the_real_host():
     for percent, sigma in ((0.25, 4.086), (0.5, 1.616), (0.75, 0.695)):
         assert abs(sampling.percent_to_sigma(percent) - sigma) < 2e-3
     assert sampling.percent_to_sigma(0.0) == 999999999.9 and sampling.percent_to_sigma(1.0) == 0.0
+
+
+def test_no_host_sync_in_the_attention_path(nodes, models, adapters, prompts, monkeypatch):
+    """Beyond the one sigma read per step, no layer reads a tensor back to the host."""
+    patched = nodes[2].apply(models["sdxl"], adapters["sdxl"], prompts["sdxl"], 1.0, 0.0, 1.0)[0]
+    x, sigma, context = inputs("sdxl")
+    forward(patched, x, sigma, context, (1, 0))  # fills the caches
+    reads = []
+    for name in ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: reads.append(_n) or _o(self, *a, **k))
+    replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    for step in range(2):
+        options = dict(cond_or_uncond=[1, 0], sigmas=torch.tensor([2.0 + step]), n_heads=8, attn_precision=None,
+                       original_shape=[2, 4, 12, 20])
+        q = torch.randn(2, 60, 256)  # the middle block is 4 x 64 channels wide
+        k = v = torch.randn(2, 77, 256)
+        for key in [k_ for k_ in replace if k_[0] == "middle"]:
+            replace[key](q, k, v, options)
+    assert reads == ["__float__", "__float__"]  # one per step, for ten layers
+
+
+def test_kv_follow_the_model_dtype(nodes, adapters, prompts):
+    model = model_patcher("sd15")
+    model.model.to(torch.bfloat16)
+    patched = nodes[2].apply(model, adapters["sd15"], prompts["sd15"], 1.0, 0.0, 1.0)[0]
+    x, sigma, context = inputs("sd15")
+    out = forward(patched, x.bfloat16(), sigma, context.bfloat16(), (1, 0))
+    entry = patched.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1)].entry
+    assert out.dtype == torch.bfloat16
+    assert {key[2] for key in entry._kv} == {torch.bfloat16} and len(entry._kv) == 16
+    assert adapters["sd15"].adapter.ip_adapter["1"].to_k_ip.weight.dtype == torch.float32  # the file's dtype, untouched
