@@ -9,6 +9,7 @@ Two layouts exist (reference-spec §1.3):
 
 import os
 import pickle
+import re
 import zipfile
 
 import torch
@@ -60,10 +61,12 @@ def _read_torch_pickle(path, name):
         # mmap needs the zip format of torch>=1.6; the old tar format is read plainly.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
+        # torch's own text advises weights_only=False, which would run the code: never show it
+        wants = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        reason = f"it asks to run {wants.group(1)}" if wants else "it is damaged, or carries more than tensors"
         raise AdapterFileError(
-            f"IP-Adapter file '{name}' was refused: it is not a plain tensor file. Only tensors are loaded, "
-            f"never code hidden in a pickle ({str(e).splitlines()[0]}). Use the .safetensors version of this "
-            "model, or a .bin from the official release."
+            f"IP-Adapter file '{name}' was refused: it is not a plain tensor file ({reason}). Only tensors are "
+            "loaded, never code hidden in a pickle. Download it again, or use the .safetensors version of this model."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise AdapterFileError(

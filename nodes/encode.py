@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import comfy.model_management
 import comfy.utils
 import torch
+import torch.nn.functional as F
 
 from ..ipadapter_core import AdapterSpec, ImagePromptError, check_features, image_tokens, uncond_features
 from .common import ADAPTER_TYPE, CATEGORY, PROMPT_TYPE, NodeInputError
@@ -13,6 +14,8 @@ from .loader import LoadedAdapter
 CROP_MODES = ["center crop", "pad", "squash"]
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the colour that normalises to zero
 ENCODE_CHUNK = 16  # images per encoder call; the progress bar moves once per chunk
+MIN_SIDE = 16  # smaller images carry nothing an encoder can use
+MAX_SHORT_SIDE = 1024  # larger images are shrunk first (the encoder sees 224 px); smaller ones reach it untouched
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +36,10 @@ def to_rgb(image, name):
         raise NodeInputError(f"Encode Image Prompt: '{name}' must be an IMAGE batch [batch, height, width, channels], got {shape}.")
     if image.shape[0] == 0:
         raise NodeInputError(f"Encode Image Prompt: '{name}' is an empty batch (0 images). Connect at least one image.")
+    if min(image.shape[1:3]) < MIN_SIDE:
+        raise NodeInputError(
+            f"Encode Image Prompt: '{name}' is {image.shape[2]}x{image.shape[1]} pixels; reference images need at least "
+            f"{MIN_SIDE} pixels on each side (224 or more is best). Use a larger image.")
     channels = image.shape[-1]
     if channels == 1:
         return image.expand(-1, -1, -1, 3)
@@ -51,6 +58,16 @@ def pad_to_square(image):
     return canvas
 
 
+def shrink_large(images):
+    """Area-downscale so the short side is MAX_SHORT_SIDE: the encoder's own bicubic resize of a huge image
+    would cost time and memory for nothing."""
+    short = min(images.shape[1:3])
+    if short <= MAX_SHORT_SIDE:
+        return images
+    size = [round(side * MAX_SHORT_SIDE / short) for side in images.shape[1:3]]
+    return F.interpolate(images.movedim(-1, 1), size=size, mode="area").movedim(1, -1)
+
+
 def encode_features(clip_vision, images, spec: AdapterSpec, crop_mode: str):
     """The encoder output the adapter consumes, [B, E] or [B, 257, E], encoded in chunks."""
     if crop_mode == "pad":
@@ -58,7 +75,7 @@ def encode_features(clip_vision, images, spec: AdapterSpec, crop_mode: str):
     progress = comfy.utils.ProgressBar(images.shape[0])
     chunks = []
     for start in range(0, images.shape[0], ENCODE_CHUNK):
-        chunk = images[start:start + ENCODE_CHUNK]
+        chunk = shrink_large(images[start:start + ENCODE_CHUNK])
         out = clip_vision.encode_image(chunk, crop=crop_mode != "squash")
         chunks.append(out[spec.encoder.output].float())
         progress.update(chunk.shape[0])

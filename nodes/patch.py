@@ -6,9 +6,11 @@ everything one Apply IP-Adapter node added; one `IPAttn2Patch` per layer adds th
 attention to whatever the layer computed before: ComfyUI's attention, another adapter of ours, or
 another pack's patch, which is wrapped rather than replaced.
 
-Patch objects are immutable and share their heavy state on deepcopy: ComfyUI deep-copies
-model_options on every clone, and the adapter weights must not be copied with them.
+ComfyUI deep-copies model_options on every clone; a patch then copies only its small shell and shares
+its entry, so adapter weights and caches are never copied.
 """
+
+import copy
 
 import comfy.ldm.modules.attention as comfy_attention
 import torch
@@ -98,6 +100,7 @@ class IPAttn2Patch:
         self.site = site
         self.entry = entry
         self.inner = inner  # the patch that was at this key before, or None for ComfyUI's own attention
+        self.added = []  # (callback, kwargs) another pack attached with add(), see there
 
     def __call__(self, q, k, v, extra_options):
         if self.inner is None:
@@ -105,17 +108,39 @@ class IPAttn2Patch:
         else:
             out = self.inner(q, k, v, extra_options)
         image_out = self.entry.image_branch(self.site, q, extra_options)
-        return out if image_out is None else out + image_out
+        if image_out is not None:
+            out = out + image_out
+        return self.run_added(out, q, k, v, extra_options) if self.added else out
+
+    def add(self, callback, **kwargs):
+        """ComfyUI_IPAdapter_plus, applied after us, calls add() on whatever patch holds a key it wants, assuming
+        its own. Accept its adapter instead of crashing: it runs as that pack runs it, adding
+        callback(out, q, k, v, extra_options, **kwargs) while sigma_end <= sigma <= sigma_start."""
+        self.added.append((callback, kwargs))
+
+    def run_added(self, out, q, k, v, extra_options):
+        sigmas = extra_options.get("sigmas")
+        sigma = float(sigmas[0]) if sigmas is not None else float("inf")
+        for callback, kwargs in self.added:
+            if kwargs.get("sigma_end", 0.0) <= sigma <= kwargs.get("sigma_start", float("inf")):
+                out = out + callback(out, q, k, v, extra_options, **kwargs)
+        return out
 
     def __deepcopy__(self, memo):
-        return self  # immutable; sharing keeps clones from copying adapter weights
+        """ComfyUI deep-copies model_options on every clone. Our entry (weights, caches) is shared; a wrapped
+        patch of another pack and anything added to us are deep-copied, as ComfyUI would copy them."""
+        twin = IPAttn2Patch(self.site, self.entry, copy.deepcopy(self.inner, memo))
+        twin.added = copy.deepcopy(self.added, memo)
+        return twin
 
     def to(self, device_or_dtype):
         """ComfyUI moves patches with the model; only a wrapped patch of another pack may need it."""
         if hasattr(self.inner, "to"):
             moved = self.inner.to(device_or_dtype)
             if moved is not self.inner:
-                return IPAttn2Patch(self.site, self.entry, moved)
+                twin = IPAttn2Patch(self.site, self.entry, moved)
+                twin.added = self.added
+                return twin
         return self
 
     def models(self):

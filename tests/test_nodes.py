@@ -330,7 +330,7 @@ def test_clones_share_patches_and_weights(nodes, models, adapters, prompts):
     original = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
     for c in clones:
         replaced = c.model_options["transformer_options"]["patches_replace"]["attn2"]
-        assert all(replaced[k] is original[k] for k in original)
+        assert all(replaced[k].entry is original[k].entry for k in original)  # weights and caches shared
         assert adapters["sdxl"].patcher in c.model_patches_models()
     w = adapters["sdxl"].adapter.ip_adapter["1"].to_k_ip.weight
     assert original[("input", 4, 0)].entry.loaded.adapter.ip_adapter["1"].to_k_ip.weight is w
@@ -468,3 +468,30 @@ def test_kv_follow_the_model_dtype(nodes, adapters, prompts):
     assert out.dtype == torch.bfloat16
     assert {key[2] for key in entry._kv} == {torch.bfloat16} and len(entry._kv) == 16
     assert adapters["sd15"].adapter.ip_adapter["1"].to_k_ip.weight.dtype == torch.float32  # the file's dtype, untouched
+
+
+def test_a_pack_that_adds_to_existing_patches_after_ours(nodes, models, adapters, prompts):
+    """Like ComfyUI_IPAdapter_plus: at a key that already holds a patch it calls patch.add(callback, **kwargs)."""
+    model, loaded, prompt = models["sd15"], adapters["sd15"], prompts["sd15"]
+    ours = nodes[2].apply(model, loaded, prompt, 0.8, 0.0, 1.0)[0]
+    calls = []
+
+    def other_pack(out, q, k, v, extra_options, weight, sigma_start, sigma_end):
+        calls.append(extra_options["block"])
+        return out * weight
+
+    theirs = ours.clone()
+    for key in theirs.model_options["transformer_options"]["patches_replace"]["attn2"]:
+        theirs.model_options["transformer_options"]["patches_replace"]["attn2"][key].add(
+            other_pack, weight=0.1, sigma_start=10.0, sigma_end=1.0)
+    x, sigma, context = inputs("sd15")
+    got = forward(theirs, x, sigma, context, (1, 0))
+    assert len(calls) == 16
+    assert not any(p.added for p in ours.model_options["transformer_options"]["patches_replace"]["attn2"].values())
+    ref = reference_layer(loaded, prompt, 0.8)
+    expected = forward(with_patches(model, {s: (lambda q, k, v, o, r=p: r(q, k, v, o) * 1.1) for s, p in ref.items()}),
+                       x, sigma, context, (1, 0))
+    assert rel(got, expected) <= 1e-5
+    calls.clear()
+    forward(theirs, x, torch.tensor([20.0]), context, (1, 0))  # outside the other pack's sigma range
+    assert calls == []

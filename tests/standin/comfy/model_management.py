@@ -1,8 +1,10 @@
 """Stand-in for comfy.model_management on a CPU-only machine (ComfyUI started with --cpu)."""
 
+import weakref
+
 import torch
 
-current_loaded_models = []
+current_loaded_models = []  # weak references, as the real LoadedModel keeps: a dropped clone is freed
 
 
 def get_torch_device():
@@ -27,11 +29,12 @@ def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimu
     for m in models:
         wanted.add(m)
         wanted.update(m.model_patches_models())
+    current_loaded_models[:] = [ref for ref in current_loaded_models if ref() is not None]
     for m in wanted:
         m.model_patches_to(m.load_device)
         m.model_patches_to(m.model_dtype())
-        if m not in current_loaded_models:
-            current_loaded_models.append(m)
+        if all(ref() is not m for ref in current_loaded_models):
+            current_loaded_models.append(weakref.ref(m))
 
 
 def load_model_gpu(model):
