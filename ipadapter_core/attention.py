@@ -39,3 +39,26 @@ def image_attention(q, ip_k, ip_v, heads, attention_fn=sdpa_attention):
 def decoupled_attention(q, k, v, ip_k, ip_v, heads, ip_weight=1.0, attention_fn=sdpa_attention):
     """Text attention plus the weighted image attention, merged heads, before the layer's to_out."""
     return attention_fn(q, k, v, heads) + ip_weight * image_attention(q, ip_k, ip_v, heads, attention_fn)
+
+
+KV_SCALING = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
+
+
+def scale_image_kv(ip_k, ip_v, ip_weight, mode, hidden_size):
+    """Where the weight enters the image branch: (K, V, output multiplier).
+
+    "V only" is the paper's lambda (scaling the output equals scaling V). "K+V" also scales K, which sharpens or
+    flattens the softmax. The "C penalty" modes first multiply the weight by D/1280 (D = the layer's width in the
+    full-size model), damping the high-resolution layers; "K+mean(V)" scales only the token mean of V, so high
+    weights shift the image branch without amplifying its detail (Fooocus' channel penalty). `ip_weight` is a
+    number or a tensor broadcastable to [B, 1, 1].
+    """
+    if mode == "V only":
+        return ip_k, ip_v, ip_weight
+    if mode not in KV_SCALING:
+        raise ValueError(f"unknown K/V scaling {mode!r}; expected one of {', '.join(KV_SCALING)}")
+    w = ip_weight * hidden_size / 1280 if "C penalty" in mode else ip_weight
+    if mode == "K+mean(V) w/ C penalty":
+        mean = ip_v.mean(dim=1, keepdim=True)  # [B, 1, D]: the token mean of V
+        return ip_k * w, ip_v - mean + mean * w, 1.0
+    return ip_k * w, ip_v * w, 1.0

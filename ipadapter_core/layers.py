@@ -7,7 +7,7 @@ same layers by the key of its attn2 replace patch: `(block_name, block_id)` or
 `(block_name, block_id, transformer_index)`. This module is the one place that ties the two together.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,8 @@ class LayerSite:
     hidden_size: int  # D, the layer's width in the full-size model: to_k_ip is [D, C]
     downsample: int  # latent pixels per token side at this layer (1, 2, 4 or 8)
     patch_key: tuple  # the key ComfyUI looks up in patches_replace["attn2"]
+    spatial_index: int = 0  # the SpatialTransformer's place in execution order (input, middle, output blocks):
+    #                         ComfyUI's transformer_index, which per-layer weight schedules are written against
 
 
 def _walk(blocks, keyed_by_transformer):
@@ -35,7 +37,9 @@ def _walk(blocks, keyed_by_transformer):
             index = 2 * len(sites) + 1
             key = (block_name, block_id, transformer_index) if keyed_by_transformer else (block_name, block_id)
             sites.append(LayerSite(index, block_name, block_id, transformer_index, hidden_size, downsample, key))
-    return tuple(sites)
+    order = {"input": 0, "middle": 1, "output": 2}
+    spatial = sorted({(order[s.block_name], s.block_id) for s in sites})
+    return tuple(replace(s, spatial_index=spatial.index((order[s.block_name], s.block_id))) for s in sites)
 
 
 # (block_name, block_id, transformer depth, hidden size D, downsampling) in diffusers' walk order:

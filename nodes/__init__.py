@@ -1,8 +1,9 @@
 """ComfyUI nodes of the pack: thin glue between ComfyUI's objects and ipadapter_core."""
 
-from .apply import ApplyIPAdapter
+from .apply import ApplyIPAdapter, ApplyIPAdapterAdvanced, ApplyIPAdapterStyleComposition
 from .encode import EncodeImagePrompt
 from .loader import LoadIPAdapter, register_model_folder
+from .prompt_files import LoadImagePrompt, SaveImagePrompt
 
 register_model_folder()
 
@@ -10,9 +11,17 @@ NODE_CLASS_MAPPINGS = {
     "LoadIPAdapter": LoadIPAdapter,
     "EncodeImagePrompt": EncodeImagePrompt,
     "ApplyIPAdapter": ApplyIPAdapter,
+    "ApplyIPAdapterAdvanced": ApplyIPAdapterAdvanced,
+    "ApplyIPAdapterStyleComposition": ApplyIPAdapterStyleComposition,
+    "SaveImagePrompt": SaveImagePrompt,
+    "LoadImagePrompt": LoadImagePrompt,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadIPAdapter": "Load IP-Adapter",
     "EncodeImagePrompt": "Encode Image Prompt",
     "ApplyIPAdapter": "Apply IP-Adapter",
+    "ApplyIPAdapterAdvanced": "Apply IP-Adapter (advanced)",
+    "ApplyIPAdapterStyleComposition": "Apply IP-Adapter Style & Composition",
+    "SaveImagePrompt": "Save Image Prompt",
+    "LoadImagePrompt": "Load Image Prompt",
 }

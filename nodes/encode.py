@@ -1,5 +1,7 @@
 """EncodeImagePrompt: reference images -> the adapter's cond and uncond image tokens."""
 
+import math
+import re
 from dataclasses import dataclass
 
 import comfy.model_management
@@ -8,10 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from ..ipadapter_core import AdapterSpec, ImagePromptError, check_features, image_tokens, uncond_features
+from ..ipadapter_core.combine import COMBINE_MODES, combine_features
 from .common import ADAPTER_TYPE, CATEGORY, PROMPT_TYPE, NodeInputError
 from .loader import LoadedAdapter
 
-CROP_MODES = ["center crop", "pad", "squash"]
+NODE = "Encode Image Prompt"
+CROP_MODES = ["center crop", "pad", "squash", "tiles"]
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the colour that normalises to zero
 ENCODE_CHUNK = 16  # images per encoder call; the progress bar moves once per chunk
 MIN_SIDE = 16  # smaller images carry nothing an encoder can use
@@ -20,32 +24,51 @@ MAX_SHORT_SIDE = 1024  # larger images are shrunk first (the encoder sees 224 px
 
 @dataclass(frozen=True, eq=False)
 class ImagePrompt:
-    """What flows through an IPA_DCA_IMAGE_PROMPT socket: image tokens for one adapter."""
+    """What flows through an IPA_DCA_IMAGE_PROMPT socket: image tokens for one adapter.
+
+    The encoder features are kept too: Save Image Prompt stores them, so a saved prompt works with any adapter
+    that reads the same encoder output.
+    """
 
     adapter: object  # the IPAdapter that projected the tokens; tokens only make sense with it
     file_name: str
     spec: AdapterSpec
-    cond: torch.Tensor  # [1, n*T, C] fp32: the n reference images' tokens, concatenated
-    uncond: torch.Tensor  # [1, n*T, C] fp32: the negative image tokens, same length
+    cond: torch.Tensor  # [n, T, C] fp32: one row of tokens per reference image (or tile)
+    uncond: torch.Tensor  # [n, T, C] fp32: the negative tokens, one row per image
+    image_weights: torch.Tensor  # [n]: each image's share when their tokens are concatenated
+    features: torch.Tensor  # [n, E] or [n, 257, E]: the encoder output the cond tokens were projected from
+    uncond_features: torch.Tensor  # [1 or n, ...]
+
+    @property
+    def count(self):
+        return self.cond.shape[0]
+
+
+def make_prompt(loaded: LoadedAdapter, features, uncond, image_weights) -> ImagePrompt:
+    """Project features with the adapter; the uncond row is repeated to one per image."""
+    cond = image_tokens(loaded.adapter, features)
+    uncond_tokens = image_tokens(loaded.adapter, uncond).expand(cond.shape[0], -1, -1)
+    return ImagePrompt(loaded.adapter, loaded.file_name, loaded.spec, cond.contiguous(), uncond_tokens.contiguous(),
+                       image_weights.float(), features, uncond)
 
 
 def to_rgb(image, name):
     """ComfyUI IMAGE [B, H, W, C] -> 3 channels; clear errors for what cannot be an image."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
         shape = list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise NodeInputError(f"Encode Image Prompt: '{name}' must be an IMAGE batch [batch, height, width, channels], got {shape}.")
+        raise NodeInputError(f"{NODE}: '{name}' must be an IMAGE batch [batch, height, width, channels], got {shape}.")
     if image.shape[0] == 0:
-        raise NodeInputError(f"Encode Image Prompt: '{name}' is an empty batch (0 images). Connect at least one image.")
+        raise NodeInputError(f"{NODE}: '{name}' is an empty batch (0 images). Connect at least one image.")
     if min(image.shape[1:3]) < MIN_SIDE:
         raise NodeInputError(
-            f"Encode Image Prompt: '{name}' is {image.shape[2]}x{image.shape[1]} pixels; reference images need at least "
+            f"{NODE}: '{name}' is {image.shape[2]}x{image.shape[1]} pixels; reference images need at least "
             f"{MIN_SIDE} pixels on each side (224 or more is best). Use a larger image.")
     channels = image.shape[-1]
     if channels == 1:
         return image.expand(-1, -1, -1, 3)
     if channels in (3, 4):
         return image[..., :3]  # alpha is dropped, as ComfyUI's CLIP preprocessing does
-    raise NodeInputError(f"Encode Image Prompt: '{name}' has {channels} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA).")
+    raise NodeInputError(f"{NODE}: '{name}' has {channels} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA).")
 
 
 def pad_to_square(image):
@@ -56,6 +79,18 @@ def pad_to_square(image):
     top, left = (size - h) // 2, (size - w) // 2
     canvas[:, top:top + h, left:left + w] = image
     return canvas
+
+
+def square_tiles(image):
+    """Cover each image with squares of its short side, evenly overlapping: [B, H, W, 3] -> [B * tiles, S, S, 3].
+
+    A 2:1 image gives 2 tiles, 2.5:1 gives 3; a square image is one tile. Nothing is cropped away."""
+    _, h, w, _ = image.shape
+    side, long = min(h, w), max(h, w)
+    count = math.ceil(long / side - 1e-6)
+    starts = [round(i * (long - side) / max(count - 1, 1)) for i in range(count)]
+    tiles = [image[:, s:s + side] if h > w else image[:, :, s:s + side] for s in starts]
+    return torch.stack(tiles, dim=1).flatten(0, 1), count
 
 
 def shrink_large(images):
@@ -79,7 +114,12 @@ def encode_features(clip_vision, images, spec: AdapterSpec, crop_mode: str):
         out = clip_vision.encode_image(chunk, crop=crop_mode != "squash")
         chunks.append(out[spec.encoder.output].float())
         progress.update(chunk.shape[0])
-    return torch.cat(chunks)
+    features = torch.cat(chunks)
+    try:
+        check_features(spec, features, "the connected CLIP vision model")
+    except ImagePromptError as e:
+        raise ImagePromptError(f"{NODE}: {e}") from None
+    return features
 
 
 def encode_zero_pixels(clip_vision, spec: AdapterSpec):
@@ -96,11 +136,46 @@ def encode_zero_pixels(clip_vision, spec: AdapterSpec):
     return uncond_features(spec, encode)
 
 
-def encoder_mismatch(spec, features, clip_vision_name="the connected CLIP vision model"):
-    try:
-        check_features(spec, features, clip_vision_name)
-    except ImagePromptError as e:
-        raise ImagePromptError(f"Encode Image Prompt: {e}") from None
+def parse_numbers(text, count, name, what):
+    """'1.0, 0.5' -> a tensor of `count` values (one value is repeated); empty text -> ones."""
+    entries = [e.strip() for e in re.split(r"[,;\s]+", text or "") if e.strip()]
+    if not entries:
+        return torch.ones(count)
+    values = []
+    for i, entry in enumerate(entries, 1):
+        try:
+            value = float(entry)
+        except ValueError:
+            raise NodeInputError(f"'{name}' entry {i} ('{entry}') is not a number; write numbers separated by "
+                                 "commas, for example '1.0, 0.5'.") from None
+        if not math.isfinite(value):
+            raise NodeInputError(f"'{name}' entry {i} is {value}; every value must be a finite number.")
+        values.append(value)
+    if len(values) not in (1, count):
+        raise NodeInputError(f"'{name}' has {len(values)} values for {count} {what}; give one value, or one per "
+                             f"{what.rstrip('s')}.")
+    return torch.tensor(values).expand(count).clone()
+
+
+def subtract_content(features, spec, content_text, scale):
+    """InstantStyle's content subtraction: image embedding - scale x the pooled text embedding of the content."""
+    if spec.encoder.output != "image_embeds":
+        raise NodeInputError(
+            f"{NODE}: 'content_text' works with adapters that read CLIP's global image embedding (ip-adapter_sd15, "
+            f"ip-adapter_sdxl, ...); the {spec.label} reads per-patch hidden states, where text cannot be subtracted. "
+            "Disconnect content_text or use a base adapter.")
+    pooled = [c[1].get("pooled_output") for c in content_text] if isinstance(content_text, list) else [None]
+    if not pooled or pooled[0] is None:
+        raise NodeInputError(f"{NODE}: 'content_text' has no pooled text embedding; connect the output of a "
+                             "CLIP Text Encode node.")
+    text = pooled[0].float().reshape(-1, pooled[0].shape[-1])[:1].to(features.device)
+    if text.shape[-1] != features.shape[-1]:
+        need = {1280: "the SDXL CLIP (its OpenCLIP bigG half)", 1024: "an OpenCLIP ViT-H text encoder (SD2.x CLIP)"}
+        raise NodeInputError(
+            f"{NODE}: 'content_text' is a {text.shape[-1]}-wide text embedding, but the {spec.label} reads "
+            f"{features.shape[-1]}-wide image embeddings from {spec.encoder.name}: encode the content text with "
+            f"{need.get(features.shape[-1], 'the text encoder paired with that image encoder')}.")
+    return features - scale * text
 
 
 class EncodeImagePrompt:
@@ -113,12 +188,23 @@ class EncodeImagePrompt:
                     "tooltip": "The image encoder from Load CLIP Vision. Most adapters need ViT-H "
                                "(CLIP-ViT-H-14-laion2B-s32B-b79K); ip-adapter_sdxl and ip-adapter_sd15_vit-G need ViT-bigG.",
                 }),
-                "image": ("IMAGE", {"tooltip": "One or more reference images. Several images are combined by "
-                                               "concatenating their tokens, so the picture draws on all of them."}),
+                "image": ("IMAGE", {"tooltip": "One or more reference images (a batch)."}),
                 "crop": (CROP_MODES, {
                     "default": "center crop",
                     "tooltip": "How non-square images reach the encoder's 224x224 input: 'center crop' keeps the middle "
-                               "(the borders are lost), 'pad' keeps everything on a neutral background, 'squash' stretches.",
+                               "(the borders are lost), 'pad' keeps everything on a neutral background, 'squash' stretches, "
+                               "'tiles' encodes overlapping squares that cover the whole image (more tokens, all detail).",
+                }),
+                "combine": (list(COMBINE_MODES), {
+                    "default": "concat",
+                    "tooltip": "How several images (or tiles) make one prompt: 'concat' keeps all their tokens (the model "
+                               "draws on each); 'average', 'norm average', 'add' and 'subtract' merge them into one image's "
+                               "worth before projection ('subtract': the first image minus the others).",
+                }),
+                "image_weights": ("STRING", {
+                    "default": "",
+                    "tooltip": "Optional weight per reference image, e.g. '1.0, 0.5' (empty = all 1). With concat they "
+                               "scale each image's share; with the other modes they weight the merge.",
                 }),
             },
             "optional": {
@@ -126,12 +212,21 @@ class EncodeImagePrompt:
                     "tooltip": "Optional: what the picture should move away from (for example a noise or blurred image). "
                                "Without it the adapter's own neutral image is used, as the IP-Adapter authors do.",
                 }),
+                "content_text": ("CONDITIONING", {
+                    "tooltip": "Optional (InstantStyle): a text encoding of the reference's content, e.g. 'a cat'. It is "
+                               "subtracted from the image embedding so the style carries over without the content. Base "
+                               "adapters only; the text encoder must match the image encoder (SDXL CLIP for ip-adapter_sdxl).",
+                }),
+                "content_scale": ("FLOAT", {
+                    "default": 0.5, "min": 0.0, "max": 2.0, "step": 0.05,
+                    "tooltip": "How much of content_text to subtract.",
+                }),
             },
         }
 
     RETURN_TYPES = (PROMPT_TYPE,)
     RETURN_NAMES = ("image_prompt",)
-    OUTPUT_TOOLTIPS = ("The encoded image prompt for this adapter. Connect it to Apply IP-Adapter.",)
+    OUTPUT_TOOLTIPS = ("The encoded image prompt for this adapter. Connect it to an Apply IP-Adapter node.",)
     FUNCTION = "encode"
     CATEGORY = CATEGORY
     DESCRIPTION = (
@@ -139,35 +234,47 @@ class EncodeImagePrompt:
         "The encoder must be the one the adapter was trained with; a mismatch is reported with the file to load."
     )
 
-    def encode(self, ipadapter, clip_vision, image, crop="center crop", negative_image=None):
+    def encode(self, ipadapter, clip_vision, image, crop="center crop", combine="concat", image_weights="",
+               negative_image=None, content_text=None, content_scale=0.5):
         if not isinstance(ipadapter, LoadedAdapter):
-            raise NodeInputError("Encode Image Prompt: 'ipadapter' must come from a Load IP-Adapter node of this pack.")
-        if crop not in CROP_MODES:
-            raise NodeInputError(f"Encode Image Prompt: 'crop' must be one of {CROP_MODES}, got {crop!r}.")
+            raise NodeInputError(f"{NODE}: 'ipadapter' must come from a Load IP-Adapter node of this pack.")
+        for name, value, allowed in (("crop", crop, CROP_MODES), ("combine", combine, COMBINE_MODES)):
+            if value not in allowed:
+                raise NodeInputError(f"{NODE}: '{name}' must be one of {list(allowed)}, got {value!r}.")
         spec = ipadapter.spec
         images = to_rgb(image, "image")
+        try:
+            weights = parse_numbers(image_weights, images.shape[0], "image_weights", "images")
+        except NodeInputError as e:
+            raise NodeInputError(f"{NODE}: {e}") from None
+        if crop == "tiles":
+            images, tiles = square_tiles(images)
+            weights = weights.repeat_interleave(tiles)
         features = encode_features(clip_vision, images, spec, crop)
-        encoder_mismatch(spec, features)
-        cond = image_tokens(ipadapter.adapter, features)  # [n, T, C]
-        n = cond.shape[0]
+        if content_text is not None:
+            features = subtract_content(features, spec, content_text, content_scale)
 
         if negative_image is None:
-            uncond = image_tokens(ipadapter.adapter, encode_zero_pixels(clip_vision, spec)).expand(n, -1, -1)
+            uncond = encode_zero_pixels(clip_vision, spec)
         else:
             negative = to_rgb(negative_image, "negative_image")
-            if negative.shape[0] not in (1, n):
+            if negative.shape[0] not in (1, image.shape[0]):
                 raise NodeInputError(
-                    f"Encode Image Prompt: 'negative_image' has {negative.shape[0]} images; give 1, or one per "
-                    f"reference image ({n}).")
-            uncond = image_tokens(ipadapter.adapter, encode_features(clip_vision, negative, spec, crop)).expand(n, -1, -1)
-
-        prompt = ImagePrompt(
-            adapter=ipadapter.adapter,
-            file_name=ipadapter.file_name,
-            spec=spec,
-            cond=cond.reshape(1, -1, cond.shape[-1]).contiguous(),
-            uncond=uncond.reshape(1, -1, uncond.shape[-1]).contiguous(),
-        )
-        return (prompt,)
-
-
+                    f"{NODE}: 'negative_image' has {negative.shape[0]} images; give 1, or one per reference image "
+                    f"({image.shape[0]}).")
+            if crop == "tiles":
+                negative, _ = square_tiles(negative)
+            uncond = encode_features(clip_vision, negative, spec, crop)
+            if uncond.shape[0] not in (1, features.shape[0]):  # tiles of differently shaped images
+                uncond = uncond.mean(0, keepdim=True)
+        if combine == "subtract" and features.shape[0] < 2:
+            raise NodeInputError(f"{NODE}: combine 'subtract' needs at least two images (the first, and what to take "
+                                 f"away from it); got {features.shape[0]}.")
+        try:
+            features = combine_features(features, combine, weights)
+            if combine != "concat":
+                uncond = uncond if uncond.shape[0] == 1 else combine_features(uncond, combine, weights)
+                weights = torch.ones(1)
+        except ValueError as e:
+            raise NodeInputError(f"{NODE}: 'image_weights': {e}.") from None
+        return (make_prompt(ipadapter, features, uncond, weights),)

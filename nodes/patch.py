@@ -8,6 +8,9 @@ another pack's patch, which is wrapped rather than replaced.
 
 ComfyUI deep-copies model_options on every clone; a patch then copies only its small shell and shares
 its entry, so adapter weights and caches are never copied.
+
+Shapes: B batch rows (cond/uncond chunks x frames), L query tokens, n reference images, T tokens per image,
+D layer width.
 """
 
 import copy
@@ -16,7 +19,9 @@ import comfy.ldm.modules.attention as comfy_attention
 import torch
 
 from ..ipadapter_core import project_image_tokens
+from ..ipadapter_core.attention import scale_image_kv
 from ..ipadapter_core.masks import mask_for_tokens, token_grid
+from .common import NodeInputError
 
 
 def host_attention(q, k, v, heads, extra_options):
@@ -27,20 +32,26 @@ def host_attention(q, k, v, heads, extra_options):
 
 
 class ImagePromptEntry:
-    """One image prompt applied to a model: tokens, weight, timestep range, mask, and caches.
+    """One image prompt applied to a model: tokens, per-layer weights, timestep range, mask, and caches.
 
     The caches are transparent (they never change a result), so sharing one entry between clones is
     safe: K/V are computed once per device and dtype and reused by every step and by both CFG halves.
     """
 
-    def __init__(self, loaded, prompt, weight, sigma_start, sigma_end, mask):
+    def __init__(self, loaded, prompt, layer_weights, sigma_start, sigma_end, mask=None, swapped=frozenset(),
+                 kv_scaling="V only", per_frame=False, frame_weights=None):
         self.loaded = loaded  # LoadedAdapter: weights under ComfyUI's model management
-        self.prompt = prompt  # ImagePrompt: cond/uncond tokens [1, T', C]
-        self.weight = weight
+        self.prompt = prompt  # ImagePrompt: cond/uncond tokens [n, T, C], image weights [n]
+        self.layer_weights = layer_weights  # {checkpoint index N: weight}; layers absent are not patched
+        self.swapped = swapped  # indices N where cond and uncond trade places (the "precise" schedules)
         self.sigma_start, self.sigma_end = sigma_start, sigma_end
-        self.mask = mask  # [1, H, W] or None
-        self._kv = {}  # (layer index, device, dtype) -> [2, T', D] K and V, row 0 cond, row 1 uncond
-        self._masks = {}  # (grid, device, dtype) -> [1, h*w, 1]
+        self.mask = mask  # [1 or n, H, W] or None
+        self.kv_scaling = kv_scaling
+        self.per_frame = per_frame  # image f drives latent frame f
+        self.frame_weights = frame_weights  # [n] or None, per_frame only
+        self.separate = mask is not None and mask.shape[0] > 1 and not per_frame  # one softmax per image
+        self._kv = {}  # (layer index, device, dtype) -> K and V [2, n, T, D]; row 0 cond, row 1 uncond
+        self._masks = {}  # (grid, device, dtype) -> [1 or n, L, 1]
         self._gate = (None, True)  # (sigmas tensor of the current step, active?)
 
     def active(self, extra_options) -> bool:
@@ -59,37 +70,79 @@ class ImagePromptEntry:
             if any(k[1:] != key[1:] for k in self._kv):
                 self._kv.clear()  # moved to another device or dtype: keep one copy only
             layer = self.loaded.adapter.ip_adapter[str(site.index)]
-            tokens = torch.cat([self.prompt.cond, self.prompt.uncond]).to(device, dtype)  # [2, T', C]
+            tokens = torch.stack([self.prompt.cond, self.prompt.uncond]).to(device, dtype)  # [2, n, T, C]
             to_k_ip, to_v_ip = (w.to(device, dtype) for w in (layer.to_k_ip.weight, layer.to_v_ip.weight))
-            self._kv[key] = project_image_tokens(tokens, to_k_ip, to_v_ip)
+            ip_k, ip_v = project_image_tokens(tokens, to_k_ip, to_v_ip)
+            ip_v = ip_v * self.prompt.image_weights.to(device, dtype).view(1, -1, 1, 1)  # each image's share
+            self._kv[key] = (ip_k, ip_v)
         return self._kv[key]
 
-    def batch_kv(self, site, q, extra_options):
-        """K and V for the whole batch: each chunk of cond_or_uncond gets the cond or the uncond tokens."""
-        ip_k, ip_v = self.kv(site, q.device, q.dtype)
-        chunks = extra_options.get("cond_or_uncond") or [0]  # 0 = cond, 1 = uncond
+    def rows(self, site, q, extra_options):
+        """Per batch chunk: 0 = cond, 1 = uncond (traded at swapped layers); and the rows per chunk."""
+        chunks = extra_options.get("cond_or_uncond") or [0]
+        if site.index in self.swapped:
+            chunks = [1 - c for c in chunks]
         per_chunk = q.shape[0] // len(chunks)
-        if len(chunks) == 1:
-            return ip_k[chunks[0]].expand(per_chunk, -1, -1), ip_v[chunks[0]].expand(per_chunk, -1, -1)
-        return tuple(torch.cat([t[c:c + 1].expand(per_chunk, -1, -1) for c in chunks]) for t in (ip_k, ip_v))
+        if self.per_frame and self.prompt.count not in (1, per_chunk):
+            raise NodeInputError(
+                f"Apply IP-Adapter (advanced): per_frame is on with {self.prompt.count} reference images, but the "
+                f"latent batch has {per_chunk} frames. Give one reference image per frame, or turn per_frame off.")
+        return chunks, per_chunk
+
+    def batch_kv(self, site, q, extra_options):
+        """K and V for the batch rows: [B, n*T, D] (one softmax over every image), [B, n, T, D] (an attention
+        per image, for per-image masks) or [B, T, D] (per frame: row f gets image f)."""
+        ip_k, ip_v = self.kv(site, q.device, q.dtype)
+        chunks, per_chunk = self.rows(site, q, extra_options)
+
+        def gather(t):  # t: [2, n, T, D]
+            if self.per_frame:
+                parts = [t[c].expand(per_chunk, -1, -1) if t.shape[1] == 1 else t[c] for c in chunks]
+            elif self.separate:
+                parts = [t[c:c + 1].expand(per_chunk, -1, -1, -1) for c in chunks]
+            else:
+                parts = [t[c].flatten(0, 1)[None].expand(per_chunk, -1, -1) for c in chunks]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+        return gather(ip_k), gather(ip_v)
+
+    def row_weight(self, site, q, extra_options):
+        """The layer's weight, times each frame's weight in per-frame mode: a number or [B, 1, 1]."""
+        weight = self.layer_weights[site.index]
+        if self.frame_weights is None:
+            return weight
+        chunks, per_chunk = self.rows(site, q, extra_options)
+        frames = self.frame_weights.to(q.device, q.dtype).expand(per_chunk)
+        return (weight * frames.repeat(len(chunks))).view(-1, 1, 1)
 
     def token_mask(self, site, q, extra_options):
-        if self.mask is None:
-            return None
+        """[1, L, 1], [B, L, 1] (per frame) or [n, L, 1] (per image), resized to this layer's token grid."""
         _, _, height, width = extra_options["original_shape"]
         grid = token_grid(height, width, site.downsample)
         key = (grid, q.device, q.dtype)
         if key not in self._masks:
             self._masks[key] = mask_for_tokens(self.mask, grid).to(q.device, q.dtype)
-        return self._masks[key]
+        mask = self._masks[key]
+        if self.per_frame and mask.shape[0] > 1:
+            chunks, _ = self.rows(site, q, extra_options)
+            mask = mask.repeat(len(chunks), 1, 1)
+        return mask
 
     def image_branch(self, site, q, extra_options):
-        """ip_weight * Attn(Q, K_img, V_img), masked; None when this step is outside the timestep range."""
-        if self.weight == 0 or not self.active(extra_options):
+        """weight * Attn(Q, K_img, V_img), masked; None when this step is outside the timestep range."""
+        if not self.active(extra_options):
             return None
         ip_k, ip_v = self.batch_kv(site, q, extra_options)
-        out = host_attention(q, ip_k, ip_v, extra_options["n_heads"], extra_options) * self.weight
-        mask = self.token_mask(site, q, extra_options)
+        heads = extra_options["n_heads"]
+        mask = self.token_mask(site, q, extra_options) if self.mask is not None else None
+        k, v, out_scale = scale_image_kv(ip_k, ip_v, self.row_weight(site, q, extra_options), self.kv_scaling,
+                                         site.hidden_size)
+        if self.separate:  # an attention per image, each under its own mask
+            out = 0
+            for i in range(k.shape[1]):
+                out = out + host_attention(q, k[:, i], v[:, i], heads, extra_options) * mask[i]
+            return out * out_scale
+        out = host_attention(q, k, v, heads, extra_options) * out_scale
         return out if mask is None else out * mask
 
 

@@ -159,8 +159,7 @@ MODEL_CASES = [("sd15_base", "sdxl", "SD1.5", "SDXL"), ("sd15_plus", "sdxl", "SD
 def prompt_for(loaded):
     spec = loaded.spec
     shape = (1, spec.encoder.width) if spec.encoder.output == "image_embeds" else (1, 257, spec.encoder.width)
-    tokens = core.image_tokens(loaded.adapter, torch.rand(*shape))
-    return pack_module("nodes.encode").ImagePrompt(loaded.adapter, loaded.file_name, spec, tokens, tokens)
+    return pack_module("nodes.encode").make_prompt(loaded, torch.rand(*shape), torch.rand(*shape), torch.ones(1))
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +212,7 @@ IMAGE_CASES = [
     ("two-channels", dict(image=torch.rand(1, 64, 64, 2)), ["'image' has 2 channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)"]),
     ("negative-batch", dict(image=torch.rand(3, 64, 64, 3), negative_image=torch.rand(2, 64, 64, 3)), ["'negative_image' has 2 images; give 1, or one per reference image (3)"]),
     ("negative-empty", dict(negative_image=torch.zeros(0, 64, 64, 3)), ["'negative_image' is an empty batch"]),
-    ("bad-crop", dict(crop="fit"), ["'crop' must be one of ['center crop', 'pad', 'squash'], got 'fit'"]),
+    ("bad-crop", dict(crop="fit"), ["'crop' must be one of ['center crop', 'pad', 'squash', 'tiles'], got 'fit'"]),
     ("foreign-adapter", dict(ipadapter={"ipadapter": {"model": {}}}), ["'ipadapter' must come from a Load IP-Adapter node of this pack"]),
 ]
 
@@ -251,9 +250,9 @@ APPLY_CASES = [
     ("start-negative", dict(start_percent=-0.1), ["'start_percent' must be from 0 to 1, got -0.1"]),
     ("nan-start", dict(start_percent=float("nan")), ["'start_percent' must be from 0 to 1, got nan"]),
     ("zero-mask", dict(attn_mask=torch.zeros(1, 64, 64)), ["'attn_mask' is empty (all zeros)", "Paint the area"]),
-    ("mask-batch", dict(attn_mask=torch.ones(3, 64, 64)), ["'attn_mask' holds 3 masks; give exactly one mask"]),
+    ("mask-batch", dict(attn_mask=torch.ones(3, 64, 64)), ["'attn_mask' holds 3 masks, but the image prompt has 1 reference image(s); give 1 mask, or one per reference image (1)"]),
     ("nan-mask", dict(attn_mask=torch.full((1, 64, 64), float("nan"))), ["'attn_mask' contains NaN or infinite values"]),
-    ("mask-4d", dict(attn_mask=torch.ones(1, 1, 64, 64)), ["'attn_mask' must be a MASK [height, width] or [1, height, width], got shape [1, 1, 64, 64]"]),
+    ("mask-4d", dict(attn_mask=torch.ones(1, 1, 64, 64)), ["'attn_mask' must be a MASK [height, width] or [masks, height, width], got shape [1, 1, 64, 64]"]),
     ("empty-mask", dict(attn_mask=torch.ones(1, 0, 64)), ["'attn_mask' must be a MASK"]),
     ("foreign-adapter", dict(ipadapter={"ipadapter": {}}), ["'ipadapter' must come from a Load IP-Adapter node of this pack"]),
     ("foreign-prompt", dict(image_prompt=({"cond": torch.zeros(1)},)), ["'image_prompt' must come from an Encode Image Prompt node of this pack"]),
@@ -290,8 +289,13 @@ MESSAGES = [  # the fixed part of every message the nodes raise, as README's tro
     "must be an IMAGE batch", "has N channels", "'negative_image' has N images", "'crop' must be one of",
     "must come from", "not an SD1.5 or SDXL UNet", "the model does not fit it", "the image prompt was encoded for",
     "'weight' must be a number from -1 to 5", "is after 'end_percent'", "must be from 0 to 1",
-    "'attn_mask' is empty (all zeros)", "'attn_mask' holds N masks", "'attn_mask' contains NaN or infinite values",
-    "'attn_mask' must be a MASK",
+    "'attn_mask' is empty (all zeros)", "'attn_mask' holds N masks, but the image prompt has", "'attn_mask' contains NaN or infinite values",
+    "'attn_mask' must be a MASK", "'image_weights' has N values for M images", "is not a number",
+    "combine 'subtract' needs at least two images", "the image weights add up to 0",
+    "'content_text' works with adapters that read CLIP's global image embedding", "'content_text' is a N-wide text embedding",
+    "'content_text' has no pooled text embedding", "layer_weights entry N", "'frame_weights' needs per_frame on",
+    "'frame_weights' has N values for M frames", "per_frame is on with N reference images, but the latent batch has M frames",
+    "'weight_type' / 'kv_scaling' must be one of", "is not an image prompt saved by Save Image Prompt",
 ]
 
 

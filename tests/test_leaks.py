@@ -28,8 +28,8 @@ def test_a_thousand_applies_leave_no_trace():
     Entry = pack_module("nodes.patch").ImagePromptEntry
     model = model_patcher("sd15")
     loaded = loaded_adapter("sd15_plus")
-    prompt = pack_module("nodes.encode").ImagePrompt(loaded.adapter, loaded.file_name, loaded.spec,
-                                                     torch.rand(1, 16, 768), torch.rand(1, 16, 768))
+    prompt = pack_module("nodes.encode").make_prompt(loaded, torch.rand(1, 257, 1280), torch.rand(1, 257, 1280),
+                                                     torch.ones(1))
     options = copy.deepcopy(model.model_options)
     weights = {k: v.clone() for k, v in loaded.adapter.state_dict().items()}
     unet = {k: v.clone() for k, v in model.model.state_dict().items()}

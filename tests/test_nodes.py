@@ -68,7 +68,8 @@ def rel(a, b):
 
 
 def test_node_definitions_are_complete(pack):
-    assert set(pack.NODE_CLASS_MAPPINGS) == {"LoadIPAdapter", "EncodeImagePrompt", "ApplyIPAdapter"}
+    assert set(pack.NODE_CLASS_MAPPINGS) == {"LoadIPAdapter", "EncodeImagePrompt", "ApplyIPAdapter", "ApplyIPAdapterAdvanced",
+                                             "ApplyIPAdapterStyleComposition", "SaveImagePrompt", "LoadImagePrompt"}
     categories = set()
     for name, cls in pack.NODE_CLASS_MAPPINGS.items():
         spec = cls.INPUT_TYPES()
@@ -77,6 +78,7 @@ def test_node_definitions_are_complete(pack):
                 assert options and options[0].get("tooltip"), f"{name}.{input_name} has no tooltip"
         assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES)
         assert len(cls.DESCRIPTION) > 40 and callable(getattr(cls, cls.FUNCTION))
+        assert all(OUTPUT and tip for OUTPUT, tip in zip(cls.RETURN_TYPES, cls.OUTPUT_TOOLTIPS))
         assert name in pack.NODE_DISPLAY_NAME_MAPPINGS
         categories.add(cls.CATEGORY)
     assert categories == {"IP-Adapter DCA"}
@@ -133,12 +135,12 @@ def test_encode_plus_matches_the_encoder_and_projection(nodes, vit_h, adapters):
     (prompt,) = nodes[1].encode(loaded, vit_h, image, "center crop")
     hidden = vit_h.encode_image(image, crop=True)["penultimate_hidden_states"]
     expected = core.image_tokens(loaded.adapter, hidden)  # [2, 16, 768]
-    assert prompt.cond.shape == (1, 32, 768)  # two images: tokens concatenated
-    assert torch.equal(prompt.cond, expected.reshape(1, 32, 768))
+    assert prompt.cond.shape == (2, 16, 768)  # two images: their tokens are concatenated in the attention
+    assert torch.equal(prompt.cond, expected)
     # uncond: the encoder on all-zero normalised pixels (reference-spec 5.3), one copy per image
     zero = vit_h.model(pixel_values=torch.zeros(1, 3, 224, 224), intermediate_output=-2)[1]
     expected_uncond = core.image_tokens(loaded.adapter, zero)
-    assert torch.equal(prompt.uncond, expected_uncond.repeat(1, 2, 1))
+    assert torch.equal(prompt.uncond, expected_uncond.expand(2, -1, -1))
 
 
 def test_encode_base_uncond_is_projection_of_zeros(nodes):
@@ -153,7 +155,7 @@ def test_negative_image_replaces_the_neutral_uncond(nodes, vit_h, adapters):
     negative = images(1, seed=9)
     (prompt,) = nodes[1].encode(loaded, vit_h, images(3), "squash", negative_image=negative)
     neg = core.image_tokens(loaded.adapter, vit_h.encode_image(negative, crop=False)["penultimate_hidden_states"])
-    assert torch.equal(prompt.uncond, neg.repeat(1, 3, 1))
+    assert torch.equal(prompt.uncond, neg.expand(3, -1, -1))
 
 
 def test_crop_modes(nodes, vit_h, adapters):
@@ -209,15 +211,13 @@ def test_progress_bar_moves_per_chunk(nodes, vit_h, adapters):
 # --- ApplyIPAdapter ----------------------------------------------------------------------------------------
 
 
-def prompt_for(loaded, seed=2, n=1):
-    ImagePrompt = pack_module("nodes.encode").ImagePrompt
+def prompt_for(loaded, seed=2, n=1, weights=None):
+    make_prompt = pack_module("nodes.encode").make_prompt
     g = torch.Generator().manual_seed(seed)
     w = loaded.spec.encoder.width
     shape = (n, w) if loaded.spec.encoder.output == "image_embeds" else (n, 257, w)
-    cond = core.image_tokens(loaded.adapter, torch.randn(*shape, generator=g))
-    uncond = core.image_tokens(loaded.adapter, torch.randn(*shape, generator=g))
-    return ImagePrompt(loaded.adapter, loaded.file_name, loaded.spec, cond.reshape(1, -1, cond.shape[-1]),
-                       uncond.reshape(1, -1, uncond.shape[-1]))
+    return make_prompt(loaded, torch.randn(*shape, generator=g), torch.randn(1, *shape[1:], generator=g),
+                       torch.ones(n) if weights is None else torch.tensor(weights))
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +232,8 @@ def reference_layer(loaded, prompt, weight, extra=None, mask=None):
 
         def patch(q, k, v, options):
             chunks = options["cond_or_uncond"]
-            tokens = torch.cat([prompt.cond if c == 0 else prompt.uncond for c in chunks for _ in range(q.shape[0] // len(chunks))])
+            cond, uncond = (t.reshape(1, -1, t.shape[-1]) for t in (prompt.cond, prompt.uncond))
+            tokens = torch.cat([cond if c == 0 else uncond for c in chunks for _ in range(q.shape[0] // len(chunks))])
             ip_k, ip_v = core.project_image_tokens(tokens, layer.to_k_ip.weight, layer.to_v_ip.weight)
             base = extra(q, k, v, options) if extra else core.sdpa_attention(q, k, v, options["n_heads"])
             image = core.image_attention(q, ip_k, ip_v, options["n_heads"]) * weight
@@ -398,7 +399,7 @@ def test_mask_on_a_non_square_latent(nodes, models, adapters, prompts):
     (dict(start_percent=0.8, end_percent=0.2), r"'start_percent' \(0.8\) is after 'end_percent' \(0.2\)"),
     (dict(end_percent=1.5), "'end_percent' must be from 0 to 1, got 1.5"),
     (dict(attn_mask=torch.zeros(1, 64, 64)), r"'attn_mask' is empty \(all zeros\)"),
-    (dict(attn_mask=torch.ones(2, 64, 64)), "'attn_mask' holds 2 masks"),
+    (dict(attn_mask=torch.ones(2, 64, 64)), "'attn_mask' holds 2 masks, but the image prompt has 1 reference"),
     (dict(attn_mask=torch.full((64, 64), float("nan"))), "'attn_mask' contains NaN"),
 ])
 def test_bad_apply_inputs(kwargs, message, nodes, models, adapters, prompts):

@@ -21,14 +21,14 @@ def defs():
 def test_fixture_has_our_nodes_as_they_are_now(defs):
     ours = definitions_from_input_types(load_pack().NODE_CLASS_MAPPINGS)
     for name, definition in ours.items():
-        file_combo = [e for e in definition["inputs"] if e[0] == "ipadapter_file"]
+        file_combo = [e for e in definition["inputs"] if e[0] in ("ipadapter_file", "prompt_file")]
         for entry in file_combo:
             entry[1] = []  # the file list depends on the user's folder
         assert json.loads(json.dumps(definition)) == defs[name], f"{name} changed: regenerate the fixture and workflows"
 
 
 def test_there_are_workflows():
-    assert len(WORKFLOWS) >= 7
+    assert len(WORKFLOWS) >= 12
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
@@ -37,7 +37,8 @@ def test_workflow_matches_node_definitions(path, defs):
         workflow = json.load(f)
     assert check_workflow(workflow, defs) == []
     prompt = to_api_prompt(workflow, defs)
-    assert {"ApplyIPAdapter", "SaveImage"} <= {n["class_type"] for n in prompt.values()}
+    classes = {n["class_type"] for n in prompt.values()}
+    assert "SaveImage" in classes and classes & {"ApplyIPAdapter", "ApplyIPAdapterAdvanced", "ApplyIPAdapterStyleComposition"}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)

@@ -260,3 +260,58 @@ def test_no_leaks_over_many_applies_and_runs():
             forward(apply(model, loaded, prompt), x, sigma, context, (1, 0))
         grown = rss() - start
     assert grown < 16 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB over 180 runs"
+
+
+def test_masks_per_image_on_a_non_square_latent_and_a_per_frame_batch():
+    """Per-image masks at 96x160 px and one reference per frame, against per-layer references built from the core."""
+    import torch.nn.functional as F
+
+    boot()
+    make_prompt = pack_module("nodes.encode").make_prompt
+    advanced = pack_module("nodes.apply").ApplyIPAdapterAdvanced()
+    with torch.inference_mode():
+        model = build_model("sd15")
+        loaded = loaded_adapter("sd15")
+        g = torch.Generator().manual_seed(8)
+        prompt = make_prompt(loaded, torch.randn(3, 257, 1280, generator=g), torch.randn(1, 257, 1280, generator=g),
+                             torch.ones(3))
+        x, sigma, context = torch.randn(6, 4, 12, 20, generator=g), torch.tensor([3.0]), torch.randn(6, 77, 768, generator=g)
+
+        def reference(mode, mask=None, frame_weights=(1.0, 1.0, 1.0)):
+            ref = model.clone()
+            for site in loaded.adapter.layers:
+                layer = loaded.adapter.ip_adapter[str(site.index)]
+
+                def patch(q, k, v, o, layer=layer):
+                    out = core.sdpa_attention(q, k, v, o["n_heads"])
+                    rows = []
+                    for row in range(q.shape[0]):
+                        chunk, frame = divmod(row, 3)
+                        tokens = prompt.uncond if o["cond_or_uncond"][chunk] else prompt.cond
+                        if mode == "frame":
+                            ik, iv = core.project_image_tokens(tokens[frame], layer.to_k_ip.weight, layer.to_v_ip.weight)
+                            rows.append(core.sdpa_attention(q[row:row + 1], ik[None], iv[None], o["n_heads"])
+                                        * frame_weights[frame])
+                        else:
+                            h, w = o["activations_shape"][2:]
+                            acc = 0
+                            for i in range(3):
+                                ik, iv = core.project_image_tokens(tokens[i], layer.to_k_ip.weight, layer.to_v_ip.weight)
+                                m = F.interpolate(mask[i:i + 1, None], size=(h, w), mode="bilinear").flatten(1)[..., None]
+                                acc = acc + core.sdpa_attention(q[row:row + 1], ik[None], iv[None], o["n_heads"]) * m
+                            rows.append(acc)
+                    return out + torch.cat(rows)
+                ref.set_model_attn2_replace(patch, *site.patch_key)
+            return forward(ref, x, sigma, context, (1, 0))
+
+        per_frame = advanced.apply(model, loaded, prompt, 1.0, 0.0, 1.0, per_frame=True, frame_weights="1, 0.5, 0.25")[0]
+        got = forward(per_frame, x, sigma, context, (1, 0))
+        expected = reference("frame", frame_weights=(1.0, 0.5, 0.25))
+        assert ((got - expected).norm() / expected.norm()).item() <= 1e-5
+
+        mask = torch.zeros(3, 96, 160)
+        mask[0, :, :60], mask[1, :, 60:110], mask[2, :, 110:] = 1.0, 0.7, 1.0
+        masked = advanced.apply(model, loaded, prompt, 1.0, 0.0, 1.0, attn_mask=mask)[0]
+        got = forward(masked, x, sigma, context, (1, 0))
+        expected = reference("masks", mask=mask)
+        assert ((got - expected).norm() / expected.norm()).item() <= 1e-5

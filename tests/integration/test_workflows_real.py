@@ -12,8 +12,9 @@ from workflow_format import check_workflow, definitions_from_input_types, dump_d
 
 CORE_NODES = ["CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "EmptyLatentImage", "VAEDecode", "VAEEncode",
               "SaveImage", "LoadImage", "CLIPVisionLoader", "LoraLoader", "ControlNetLoader", "ControlNetApplyAdvanced",
-              "SetLatentNoiseMask"]
-OUR_NODES = ["LoadIPAdapter", "EncodeImagePrompt", "ApplyIPAdapter"]
+              "SetLatentNoiseMask", "LoadImageMask", "ImageBatch"]
+OUR_NODES = ["LoadIPAdapter", "EncodeImagePrompt", "ApplyIPAdapter", "ApplyIPAdapterAdvanced",
+             "ApplyIPAdapterStyleComposition", "SaveImagePrompt", "LoadImagePrompt"]
 WORKFLOWS = sorted(glob.glob(os.path.join(PACK_DIR, "workflows", "*.json")))
 
 
@@ -27,7 +28,7 @@ def real_definitions():
     return defs
 
 
-FILE_COMBOS = {"ckpt_name", "clip_name", "lora_name", "control_net_name", "ipadapter_file", "image"}
+FILE_COMBOS = {"ckpt_name", "clip_name", "lora_name", "control_net_name", "ipadapter_file", "image", "prompt_file"}
 
 
 def without_choices(defs):
@@ -73,7 +74,7 @@ def test_workflow_passes_comfyui_prompt_validation(path, tmp_path_factory):
                 os.makedirs(root / folders[name], exist_ok=True)
                 open(root / folders[name] / value, "wb").close()
                 folder_paths.add_model_folder_path(folders[name], str(root / folders[name]))
-            elif name == "image" and node["class_type"] == "LoadImage":
+            elif name == "image" and node["class_type"] in ("LoadImage", "LoadImageMask"):
                 from PIL import Image
 
                 Image.new("RGB", (64, 64)).save(os.path.join(folder_paths.get_input_directory(), value))
@@ -136,7 +137,7 @@ def input_images(prompt):
 
     rng = np.random.default_rng(0)
     for node in prompt.values():
-        if node["class_type"] == "LoadImage":
+        if node["class_type"] in ("LoadImage", "LoadImageMask"):
             pixels = rng.integers(0, 255, (96, 128, 4), dtype=np.uint8)
             pixels[..., 3] = 255
             pixels[24:72, 32:96, 3] = 0  # LoadImage's mask is 1 where alpha is 0

@@ -50,3 +50,11 @@ def get_full_path_or_raise(folder_name: str, filename: str) -> str:
     if full is None:
         raise FileNotFoundError(f"Model in folder '{folder_name}' with filename '{filename}' not found.")
     return full
+
+
+def get_output_directory() -> str:
+    return os.path.join(base_path, "output")
+
+
+def get_input_directory() -> str:
+    return os.path.join(base_path, "input")
