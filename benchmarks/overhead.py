@@ -121,7 +121,7 @@ def minimal_patches(loaded, prompt, weight=1.0):
 
         def minimal(q, k, v, o):
             if site.index not in cache:
-                tokens = torch.cat([prompt.uncond, prompt.cond]).to(q.device, q.dtype)
+                tokens = torch.cat([prompt.uncond, prompt.cond]).to(q.device, q.dtype)  # rows: uncond, cond
                 cache[site.index] = core.project_image_tokens(tokens, layer.to_k_ip.weight.to(q.device, q.dtype),
                                                               layer.to_v_ip.weight.to(q.device, q.dtype))
             ip_k, ip_v = cache[site.index]
@@ -131,13 +131,11 @@ def minimal_patches(loaded, prompt, weight=1.0):
 
 
 def image_prompt(loaded):
-    core = pack_module("ipadapter_core")
     spec = loaded.spec
     g = torch.Generator().manual_seed(1)
     shape = (1, spec.encoder.width) if spec.encoder.output == "image_embeds" else (1, 257, spec.encoder.width)
-    cond = core.image_tokens(loaded.adapter, torch.randn(*shape, generator=g))
-    uncond = core.image_tokens(loaded.adapter, torch.zeros(*shape))
-    return pack_module("nodes.encode").ImagePrompt(loaded.adapter, loaded.file_name, spec, cond, uncond)
+    return pack_module("nodes.encode").make_prompt(loaded, torch.randn(*shape, generator=g), torch.zeros(*shape),
+                                                   torch.ones(1))
 
 
 def rss():

@@ -41,11 +41,8 @@ def image_prompt(loaded, seed=2, images=1):
     spec = loaded.spec
     g = torch.Generator().manual_seed(seed)
     shape = (images, spec.encoder.width) if spec.encoder.output == "image_embeds" else (images, 257, spec.encoder.width)
-    cond = core.image_tokens(loaded.adapter, torch.randn(*shape, generator=g))
-    uncond = core.image_tokens(loaded.adapter, torch.randn(*shape, generator=g))
-    ImagePrompt = pack_module("nodes.encode").ImagePrompt
-    return ImagePrompt(loaded.adapter, loaded.file_name, spec, cond.reshape(1, -1, cond.shape[-1]),
-                       uncond.reshape(1, -1, uncond.shape[-1]))
+    return pack_module("nodes.encode").make_prompt(loaded, torch.randn(*shape, generator=g),
+                                                   torch.randn(1, *shape[1:], generator=g), torch.ones(images))
 
 
 def apply(model, loaded, prompt, weight=1.0, start=0.0, end=1.0, mask=None):
@@ -112,7 +109,8 @@ def reference_patches(loaded, prompt, weight):
         layer = loaded.adapter.ip_adapter[str(site.index)]
 
         def patch(q, k, v, extra_options):
-            tokens = torch.cat([prompt.cond if c == 0 else prompt.uncond for c in extra_options["cond_or_uncond"]
+            cond, uncond = (t.reshape(1, -1, t.shape[-1]) for t in (prompt.cond, prompt.uncond))  # images concatenated
+            tokens = torch.cat([cond if c == 0 else uncond for c in extra_options["cond_or_uncond"]
                                 for _ in range(q.shape[0] // len(extra_options["cond_or_uncond"]))])
             ip_k, ip_v = core.project_image_tokens(tokens, layer.to_k_ip.weight, layer.to_v_ip.weight)
             return core.decoupled_attention(q, k, v, ip_k, ip_v, extra_options["n_heads"], weight)
