@@ -146,6 +146,10 @@ MASK_TOOLTIP = ("Optional: where in the picture the image prompt applies (white 
 KV_TOOLTIP = ("Where the weight acts. 'V only' is the paper's weight. 'K+V' also sharpens the attention. The 'C penalty' "
               "modes weaken the fine, high-resolution layers; 'K+mean(V) w/ C penalty' allows weights above 1 without "
               "burning the picture.")
+TIMING = {
+    "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": START_TOOLTIP}),
+    "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": END_TOOLTIP}),
+}
 OUTPUT_TOOLTIP = ("A patched copy of the model that follows the image prompt. Chain more Apply IP-Adapter, LoRA or other "
                   "model nodes after it as usual.")
 
@@ -161,8 +165,7 @@ class ApplyIPAdapter:
                 "ipadapter": (ADAPTER_TYPE, {"tooltip": ADAPTER_TOOLTIP}),
                 "image_prompt": (PROMPT_TYPE, {"tooltip": "The image prompt from Encode Image Prompt."}),
                 "weight": ("FLOAT", {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05, "tooltip": WEIGHT_TOOLTIP}),
-                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": START_TOOLTIP}),
-                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": END_TOOLTIP}),
+                **TIMING,
             },
             "optional": {
                 "attn_mask": ("MASK", {"tooltip": MASK_TOOLTIP}),
@@ -303,8 +306,7 @@ class ApplyIPAdapterStyleComposition:
                                            "tooltip": "Strength of the style image, on the style layers only."}),
                 "composition_weight": ("FLOAT", {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05,
                                                  "tooltip": "Strength of the composition image, on the layout layers only."}),
-                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": START_TOOLTIP}),
-                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": END_TOOLTIP}),
+                **TIMING,
                 "kv_scaling": (list(KV_SCALING), {"default": "V only", "tooltip": KV_TOOLTIP}),
             },
         }
