@@ -124,7 +124,8 @@ def model_files(tmp_path_factory):
         make("checkpoints", "sd_xl_base_1.0.safetensors", sf.sdxl_checkpoint)
     for name, variant in (("ip-adapter_sd15.safetensors", "sd15_base"), ("ip-adapter-plus_sd15.safetensors", "sd15_plus"),
                           ("ip-adapter-plus-face_sd15.safetensors", "sd15_plus"),
-                          ("ip-adapter_sdxl_vit-h.safetensors", "sdxl_vith")):
+                          ("ip-adapter_sdxl_vit-h.safetensors", "sdxl_vith"),
+                          ("ip-adapter-plus_sdxl_vit-h.safetensors", "sdxl_plus")):
         make("ipadapter", name, lambda p, v=variant: save_file(flatten(make_checkpoint(v)), p))
     return made
 
@@ -170,9 +171,12 @@ def test_workflow_runs_with_synthetic_weights(path, model_files, executor):
     import execution
 
     needs_sdxl(path)
-    if "sdxl" in os.path.basename(path):  # make room: drop the SD1.5 models the earlier runs cached
+    if "sdxl" in os.path.basename(path):  # make room: a full-size SDXL in fp32 fills most of 24 GB on its own
+        import gc
+
         executor.reset()
         comfy.model_management.unload_all_models()
+        gc.collect()
 
     with open(path) as f:
         prompt = to_api_prompt(json.load(f), real_definitions())
