@@ -496,3 +496,16 @@ def test_a_pack_that_adds_to_existing_patches_after_ours(nodes, models, adapters
     calls.clear()
     forward(theirs, x, torch.tensor([20.0]), context, (1, 0))  # outside the other pack's sigma range
     assert calls == []
+
+
+def test_the_pack_logs_and_never_prints():
+    import ast
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for folder in ("nodes", "ipadapter_core"):
+        for name in os.listdir(os.path.join(repo, folder)):
+            if name.endswith(".py"):
+                tree = ast.parse(open(os.path.join(repo, folder, name)).read())
+                calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "print"]
+                assert calls == [], f"{folder}/{name} prints"
+    assert pack_module("nodes.common").logger.name == "ipadapter_dca"
