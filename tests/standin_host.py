@@ -10,6 +10,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(HERE, "standin"))
 
+
+def _install_standin():
+    """Make `comfy` and its submodules the stand-in's (tests/standin/comfy_standin), as the real ones would be."""
+    import comfy_standin
+    import comfy_standin.clip_vision  # noqa: F401  (imports the rest)
+    import comfy_standin.model_patcher  # noqa: F401
+    import comfy_standin.tiny_unet  # noqa: F401
+
+    for name in [m for m in sys.modules if m == "comfy_standin" or m.startswith("comfy_standin.")]:
+        sys.modules["comfy" + name[len("comfy_standin"):]] = sys.modules[name]
+
+
+_install_standin()
+
 import comfy.model_management  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import folder_paths  # noqa: E402
