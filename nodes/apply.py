@@ -271,10 +271,7 @@ class ApplyIPAdapterAdvanced:
         if frame_weights and frame_weights.strip():
             if not per_frame:
                 raise NodeInputError(f"{node}: 'frame_weights' needs per_frame on (one reference image per frame).")
-            try:
-                frames = parse_numbers(frame_weights, image_prompt.count, "frame_weights", "frames")
-            except NodeInputError as e:
-                raise NodeInputError(f"{node}: {e}") from None
+            frames = parse_numbers(frame_weights, image_prompt.count, "frame_weights", "frames", node)
         check_model_fits(model, ipadapter, node)
         family = ipadapter.spec.family
         boost = style_boost if weight_type == "style transfer precise" else composition_boost

@@ -136,7 +136,7 @@ def encode_zero_pixels(clip_vision, spec: AdapterSpec):
     return uncond_features(spec, encode)
 
 
-def parse_numbers(text, count, name, what):
+def parse_numbers(text, count, name, what, node):
     """'1.0, 0.5' -> a tensor of `count` values (one value is repeated); empty text -> ones."""
     entries = [e.strip() for e in re.split(r"[,;\s]+", text or "") if e.strip()]
     if not entries:
@@ -146,13 +146,13 @@ def parse_numbers(text, count, name, what):
         try:
             value = float(entry)
         except ValueError:
-            raise NodeInputError(f"'{name}' entry {i} ('{entry}') is not a number; write numbers separated by "
+            raise NodeInputError(f"{node}: '{name}' entry {i} ('{entry}') is not a number; write numbers separated by "
                                  "commas, for example '1.0, 0.5'.") from None
         if not math.isfinite(value):
-            raise NodeInputError(f"'{name}' entry {i} is {value}; every value must be a finite number.")
+            raise NodeInputError(f"{node}: '{name}' entry {i} is {value}; every value must be a finite number.")
         values.append(value)
     if len(values) not in (1, count):
-        raise NodeInputError(f"'{name}' has {len(values)} values for {count} {what}; give one value, or one per "
+        raise NodeInputError(f"{node}: '{name}' has {len(values)} values for {count} {what}; give one value, or one per "
                              f"{what.rstrip('s')}.")
     return torch.tensor(values).expand(count).clone()
 
@@ -243,10 +243,7 @@ class EncodeImagePrompt:
                 raise NodeInputError(f"{NODE}: '{name}' must be one of {list(allowed)}, got {value!r}.")
         spec = ipadapter.spec
         images = to_rgb(image, "image")
-        try:
-            weights = parse_numbers(image_weights, images.shape[0], "image_weights", "images")
-        except NodeInputError as e:
-            raise NodeInputError(f"{NODE}: {e}") from None
+        weights = parse_numbers(image_weights, images.shape[0], "image_weights", "images", NODE)
         if crop == "tiles":
             images, tiles = square_tiles(images)
             weights = weights.repeat_interleave(tiles)

@@ -89,11 +89,10 @@ class ImagePromptEntry:
                 f"latent batch has {per_chunk} frames. Give one reference image per frame, or turn per_frame off.")
         return chunks, per_chunk
 
-    def batch_kv(self, site, q, extra_options):
+    def batch_kv(self, site, q, chunks, per_chunk):
         """K and V for the batch rows: [B, n*T, D] (one softmax over every image), [B, n, T, D] (an attention
         per image, for per-image masks) or [B, T, D] (per frame: row f gets image f)."""
         ip_k, ip_v = self.kv(site, q.device, q.dtype)
-        chunks, per_chunk = self.rows(site, q, extra_options)
 
         def gather(t):  # t: [2, n, T, D]
             if self.per_frame:
@@ -106,16 +105,15 @@ class ImagePromptEntry:
 
         return gather(ip_k), gather(ip_v)
 
-    def row_weight(self, site, q, extra_options):
+    def row_weight(self, site, q, chunks, per_chunk):
         """The layer's weight, times each frame's weight in per-frame mode: a number or [B, 1, 1]."""
         weight = self.layer_weights[site.index]
         if self.frame_weights is None:
             return weight
-        chunks, per_chunk = self.rows(site, q, extra_options)
         frames = self.frame_weights.to(q.device, q.dtype).expand(per_chunk)
         return (weight * frames.repeat(len(chunks))).view(-1, 1, 1)
 
-    def token_mask(self, site, q, extra_options):
+    def token_mask(self, site, q, extra_options, chunks):
         """[1, L, 1], [B, L, 1] (per frame) or [n, L, 1] (per image), resized to this layer's token grid."""
         _, _, height, width = extra_options["original_shape"]
         grid = token_grid(height, width, site.downsample)
@@ -124,7 +122,6 @@ class ImagePromptEntry:
             self._masks[key] = mask_for_tokens(self.mask, grid).to(q.device, q.dtype)
         mask = self._masks[key]
         if self.per_frame and mask.shape[0] > 1:
-            chunks, _ = self.rows(site, q, extra_options)
             mask = mask.repeat(len(chunks), 1, 1)
         return mask
 
@@ -132,10 +129,11 @@ class ImagePromptEntry:
         """weight * Attn(Q, K_img, V_img), masked; None when this step is outside the timestep range."""
         if not self.active(extra_options):
             return None
-        ip_k, ip_v = self.batch_kv(site, q, extra_options)
+        chunks, per_chunk = self.rows(site, q, extra_options)
+        ip_k, ip_v = self.batch_kv(site, q, chunks, per_chunk)
         heads = extra_options["n_heads"]
-        mask = self.token_mask(site, q, extra_options) if self.mask is not None else None
-        k, v, out_scale = scale_image_kv(ip_k, ip_v, self.row_weight(site, q, extra_options), self.kv_scaling,
+        mask = self.token_mask(site, q, extra_options, chunks) if self.mask is not None else None
+        k, v, out_scale = scale_image_kv(ip_k, ip_v, self.row_weight(site, q, chunks, per_chunk), self.kv_scaling,
                                          site.hidden_size)
         if self.separate:  # an attention per image, each under its own mask
             out = 0
@@ -179,21 +177,23 @@ class IPAttn2Patch:
                 out = out + callback(out, q, k, v, extra_options, **kwargs)
         return out
 
-    def __deepcopy__(self, memo):
-        """ComfyUI deep-copies model_options on every clone. Our entry (weights, caches) is shared; a wrapped
-        patch of another pack and anything added to us are deep-copied, as ComfyUI would copy them."""
-        twin = IPAttn2Patch(self.site, self.entry, copy.deepcopy(self.inner, memo))
-        twin.added = copy.deepcopy(self.added, memo)
+    def twin(self, inner, added):
+        """A new shell on the same entry (weights, caches): patches are never copied whole."""
+        twin = IPAttn2Patch(self.site, self.entry, inner)
+        twin.added = added
         return twin
+
+    def __deepcopy__(self, memo):
+        """ComfyUI deep-copies model_options on every clone. Our entry is shared; a wrapped patch of another
+        pack and anything added to us are deep-copied, as ComfyUI would copy them."""
+        return self.twin(copy.deepcopy(self.inner, memo), copy.deepcopy(self.added, memo))
 
     def to(self, device_or_dtype):
         """ComfyUI moves patches with the model; only a wrapped patch of another pack may need it."""
         if hasattr(self.inner, "to"):
             moved = self.inner.to(device_or_dtype)
             if moved is not self.inner:
-                twin = IPAttn2Patch(self.site, self.entry, moved)
-                twin.added = self.added
-                return twin
+                return self.twin(moved, self.added)
         return self
 
     def models(self):
