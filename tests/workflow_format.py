@@ -1,15 +1,23 @@
-"""ComfyUI's UI-format workflow JSON: widget bookkeeping, checks against node definitions, and the API prompt.
+"""ComfyUI's UI-format workflow JSON: checks against node definitions and the frontend's widget order.
 
 Node definitions are kept as JSON (tests/fixtures/node_defs.json): {class: {"inputs": [[name, type, options]],
 "outputs": [types]}}, where type is a string or a list of combo choices (an empty list is a model-file combo,
 whose choices depend on the user's folders). tests/integration checks that file against the real ComfyUI.
+
+Which widget each `widgets_values` entry feeds is not worked out here: it is recorded from the real frontend
+(tests/fixtures/frontend_nodes.json: per node type, the names of its serialised widgets in order, their values in a
+fresh node, and the size the frontend computes), and the browser check (tests/test_frontend.py) fails when that
+recording no longer matches the frontend.
 """
 
 import json
 import os
 
-FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "node_defs.json")
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+FIXTURE = os.path.join(FIXTURES, "node_defs.json")
+FRONTEND_NODES = os.path.join(FIXTURES, "frontend_nodes.json")
+# node types the frontend itself provides: never sent to the server
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
 
 
 def definitions_from_input_types(classes: dict) -> dict:
@@ -45,26 +53,6 @@ def load_definitions():
         return json.load(f)
 
 
-def is_widget(kind, options):
-    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
-
-
-def widget_slots(definition):
-    """The names of a node's widgets_values slots, in order, including the hidden ones the frontend adds:
-    `control_after_generate` after seeds (and INTs that ask for it), `upload` after image-upload combos."""
-    slots = []
-    for name, kind, options, _ in definition["inputs"]:
-        if not is_widget(kind, options):
-            continue
-        slots.append(name)
-        if kind == "INT" and (options.get("control_after_generate") or (name in ("seed", "noise_seed")
-                                                                       and options.get("control_after_generate") is not False)):
-            slots.append("control_after_generate")
-        if options.get("image_upload"):
-            slots.append("upload")
-    return slots
-
-
 def check_value(kind, options, value):
     if isinstance(kind, list):
         return isinstance(value, str) and (value in kind if kind else bool(value))
@@ -79,40 +67,51 @@ def check_value(kind, options, value):
     return ok and options.get("min", value) <= value <= options.get("max", value)
 
 
-def check_workflow(workflow, defs):
-    """Problems of a UI-format workflow against the node definitions; empty when it loads cleanly."""
+def load_frontend_nodes(path=FRONTEND_NODES):
+    with open(path) as f:
+        return json.load(f)
+
+
+def dump_frontend_nodes(layouts, path=FRONTEND_NODES):
+    with open(path, "w") as f:
+        f.write("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(layouts.items())) + "\n}\n")
+
+
+def check_workflow(workflow, defs, frontend):
+    """Problems of a UI-format workflow against the node definitions and the frontend's recorded widget order;
+    empty when it loads cleanly."""
     problems = []
     nodes = {n["id"]: n for n in workflow["nodes"]}
     for node in workflow["nodes"]:
-        d = defs.get(node["type"])
         where = f"node {node['id']} ({node['type']})"
-        if d is None:
+        layout = frontend.get(node["type"])
+        d = defs.get(node["type"], {"inputs": [], "outputs": []} if node["type"] in FRONTEND_ONLY else None)
+        if d is None or layout is None:
             problems.append(f"{where}: unknown node type")
             continue
-        slots = widget_slots(d)
-        values = node.get("widgets_values", [])
+        slots, values = layout["widgets_values"], node.get("widgets_values", [])
         if len(values) != len(slots):
             problems.append(f"{where}: {len(values)} widgets_values for {len(slots)} widgets {slots}")
             continue
         kinds = {name: (kind, options) for name, kind, options, _ in d["inputs"]}
-        for slot, value in zip(slots, values):
-            if slot == "control_after_generate":
-                ok = value in ("fixed", "increment", "decrement", "randomize")
-            elif slot == "upload":
-                ok = value == "image"
-            else:
+        for slot, value, default in zip(slots, values, layout["defaults"]):
+            if slot in kinds:
                 ok = check_value(*kinds[slot], value)
+            elif slot == "control_after_generate":
+                ok = value in ("fixed", "increment", "decrement", "randomize")
+            else:  # a widget only the frontend has (upload button, note text): its own kind of value
+                ok = type(value) is type(default)
             if not ok:
                 problems.append(f"{where}: bad value {value!r} for '{slot}'")
         declared = {name: (kind, optional) for name, kind, _, optional in d["inputs"]}
         linked = set()
-        for i, inp in enumerate(node.get("inputs", [])):
+        for inp in node.get("inputs", []):
             if inp["name"] not in declared:
                 problems.append(f"{where}: input '{inp['name']}' does not exist")
             elif inp.get("link") is not None:
                 linked.add(inp["name"])
         for name, (kind, optional) in declared.items():
-            if not optional and not is_widget(kind, {}) and name not in linked:
+            if not optional and name not in slots and name not in linked:
                 problems.append(f"{where}: required input '{name}' is not connected")
         for i, out in enumerate(node.get("outputs", [])):
             if i >= len(d["outputs"]) or out["type"] != d["outputs"][i]:
@@ -133,23 +132,3 @@ def check_workflow(workflow, defs):
         if link_id not in nodes[src]["outputs"][src_slot].get("links", []):
             problems.append(f"link {link_id}: not listed on the output of node {src}")
     return problems
-
-
-def to_api_prompt(workflow, defs):
-    """The API prompt ComfyUI's frontend would queue (graphToPrompt): widget values by name, links as [id, slot]."""
-    links = {link[0]: link for link in workflow["links"]}
-    prompt = {}
-    for node in workflow["nodes"]:
-        if node.get("mode", 0) != 0:
-            continue
-        d = defs[node["type"]]
-        inputs = {}
-        for slot, value in zip(widget_slots(d), node.get("widgets_values", [])):
-            if slot not in ("control_after_generate", "upload"):
-                inputs[slot] = value
-        for inp in node.get("inputs", []):
-            if inp.get("link") is not None:
-                _, src, src_slot, _, _, _ = links[inp["link"]]
-                inputs[inp["name"]] = [str(src), src_slot]
-        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
-    return prompt

@@ -1,7 +1,13 @@
 """Write the example workflows in workflows/ (ComfyUI UI format, schema 0.4).
 
-Run `python tools/build_workflows.py` after changing a node's inputs; tests/test_workflows.py checks every file
-against the node definitions, and tests/integration validates and runs them in the real ComfyUI.
+Run `python tools/build_workflows.py` after changing a node's inputs. Each node is described by its widget values
+*by name*; `widgets_values` is then written in the order the real frontend reads it, which
+tests/fixtures/frontend_nodes.json records from the frontend itself (the browser check keeps that file honest).
+The same names give `intended_prompt()`, the API prompt the workflow is meant to queue: the browser check drops
+each file on the real frontend and compares its `app.graphToPrompt()` with it.
+
+Layout: one column per part, read left to right (a note on the model files, models, images, prompts, IP-Adapter,
+sampling, output), each column a named group, nodes stacked at the size the frontend computes for them.
 Model file names are the standard ones users download.
 """
 
@@ -11,258 +17,311 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from workflow_format import is_widget, load_definitions, widget_slots  # noqa: E402
+from workflow_format import FRONTEND_ONLY, load_definitions, load_frontend_nodes  # noqa: E402
 
 DEFS = load_definitions()
+FRONTEND = load_frontend_nodes()
 SD15 = "v1-5-pruned-emaonly.safetensors"
 SDXL = "sd_xl_base_1.0.safetensors"
 VIT_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
 NEGATIVE = "blurry, lowres, bad anatomy, worst quality, low quality"
-ENCODE_WIDGETS = ["center crop", "concat", "", 0.5]  # crop, combine, image_weights, content_scale
-ADVANCED_WIDGETS = ["", 1.0, 1.0, 0.0, ""]  # layer_weights, composition_weight, style_boost, composition_boost, frame_weights
+
+# (key, group title): the columns, left to right
+COLUMNS = [("note", "Read me"), ("models", "Models"), ("images", "Reference images"), ("encode", "Prompts"),
+           ("apply", "IP-Adapter"), ("sample", "Sampling"), ("output", "Output")]
+# within a column, image prompts above text prompts above the rest; otherwise in the order they were added
+RANK = {"EncodeImagePrompt": 0, "CLIPTextEncode": 1}
+NODE_WIDTH = 320  # wide enough for the standard file names in the combo widgets
+TEXT_HEIGHT = 150  # room for a few lines in the prompt boxes
+NOTE_SIZE = (420, 420)
+TITLE_HEIGHT = 30  # LiteGraph draws the title bar above a node's pos
+GAP = 40
+GROUP_PAD = 20
+GROUP_TITLE = 50
+TOP = 40 + GROUP_TITLE + TITLE_HEIGHT
+
+# where each model file goes and where it comes from
+MODEL_FOLDERS = {"ckpt_name": "checkpoints", "ipadapter_file": "ipadapter", "clip_name": "clip_vision",
+                 "lora_name": "loras", "control_net_name": "controlnet"}
+SOURCES = {
+    SD15: "Comfy-Org/stable-diffusion-v1-5-archive (Hugging Face)",
+    SDXL: "stabilityai/stable-diffusion-xl-base-1.0",
+    VIT_H: "h94/IP-Adapter, models/image_encoder/model.safetensors, renamed",
+    "control_v11p_sd15_canny.pth": "lllyasviel/ControlNet-v1-1",
+    "your_sd15_lora.safetensors": "any SD1.5 LoRA of yours",
+}
 
 
 class Graph:
     def __init__(self):
         self.nodes, self.links = [], []
 
-    def add(self, kind, widgets=(), column=0, row=0, **inputs):
-        """Add a node; widgets in slot order (hidden slots included), inputs as name=(node, output index)."""
-        d = DEFS[kind]
+    def add(self, kind, column, widgets=None, **inputs):
+        """Add a node in a column; widget values by name (unnamed ones take the frontend's default),
+        inputs as name=(node, output index)."""
+        assert kind in FRONTEND, f"{kind}: not in tests/fixtures/frontend_nodes.json (record it)"
+        layout, widgets = FRONTEND[kind], dict(widgets or {})
+        unknown = set(widgets) - set(layout["widgets_values"])
+        assert not unknown, f"{kind} has no widgets {unknown}"
+        values = {name: widgets.get(name, default) for name, default in zip(layout["widgets_values"], layout["defaults"])}
+        width = max(NODE_WIDTH, layout["size"][0])
+        height = max(TEXT_HEIGHT, layout["size"][1]) if kind == "CLIPTextEncode" else layout["size"][1]
+        if kind in FRONTEND_ONLY:
+            width, height = NOTE_SIZE
         node = {
-            "id": len(self.nodes) + 1, "type": kind, "pos": [40 + 340 * column, 40 + 190 * row], "size": [315, 130],
-            "flags": {}, "order": len(self.nodes), "mode": 0, "inputs": [],
-            "outputs": [{"name": t, "type": t, "links": [], "slot_index": i} for i, t in enumerate(d["outputs"])],
-            "properties": {"Node name for S&R": kind}, "widgets_values": list(widgets),
+            "id": len(self.nodes) + 1, "type": kind, "pos": [0, 0], "size": [width, height],
+            "flags": {}, "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [],
+            "properties": {"Node name for S&R": kind}, "widgets_values": list(values.values()),
+            "_column": column, "_values": values,
         }
-        assert len(node["widgets_values"]) == len(widget_slots(d)), (kind, widget_slots(d))
         self.nodes.append(node)
-        for name, kind_, options, _ in d["inputs"]:
-            if is_widget(kind_, options):
+        definition = DEFS.get(kind, {"inputs": [], "outputs": []})
+        node["outputs"] = [{"name": t, "type": t, "links": [], "slot_index": i} for i, t in enumerate(definition["outputs"])]
+        for name, kind_, _, _ in definition["inputs"]:
+            if name in values:
                 continue
             slot = {"name": name, "type": kind_, "link": None}
             node["inputs"].append(slot)
             if name in inputs:
-                source, index = inputs.pop(name)
-                link_id = max((link[0] for link in self.links), default=0) + 1
-                self.links.append([link_id, source["id"], index, node["id"], len(node["inputs"]) - 1, kind_])
-                source["outputs"][index]["links"].append(link_id)
-                slot["link"] = link_id
+                self.connect(inputs.pop(name), node, name)
         assert not inputs, f"{kind} has no inputs {list(inputs)}"
         return node
 
+    def connect(self, source, node, name):
+        """Link output (source node, index) to input `name` of `node`, replacing any link already there."""
+        source_node, index = source
+        slot = next(i for i, inp in enumerate(node["inputs"]) if inp["name"] == name)
+        old = node["inputs"][slot]["link"]
+        if old is not None:
+            link = next(link for link in self.links if link[0] == old)
+            self.nodes[link[1] - 1]["outputs"][link[2]]["links"].remove(old)
+            self.links.remove(link)
+        link_id = max((link[0] for link in self.links), default=0) + 1
+        self.links.append([link_id, source_node["id"], index, node["id"], slot, node["inputs"][slot]["type"]])
+        source_node["outputs"][index]["links"].append(link_id)
+        node["inputs"][slot]["link"] = link_id
+
+    def add_note(self):
+        """A note node listing the model files this graph loads and the folder each goes in."""
+        lines = ["Model files for this workflow. Put each in the ComfyUI folder shown, then press R (refresh) "
+                 "or restart ComfyUI:", ""]
+        for node in self.nodes:
+            for name, value in node["_values"].items():
+                if name in MODEL_FOLDERS:
+                    source = SOURCES.get(value, "h94/IP-Adapter (Hugging Face)")
+                    lines.append(f"- models/{MODEL_FOLDERS[name]}/{value}\n    from {source}")
+        images = sorted({n["_values"]["image"] for n in self.nodes if n["type"] in ("LoadImage", "LoadImageMask")})
+        lines += ["", "Images: replace " + ", ".join(images) + " with your own (click the image box, or drop a file "
+                  "on the node). Masks: right-click a Load Image node > Open in MaskEditor."]
+        self.add("Note", "note", {"text": "\n".join(lines)})
+
+    def layout(self):
+        """Stack each column's nodes top to bottom, columns left to right, and frame each column in a group."""
+        x, groups = 40, []
+        for key, title in COLUMNS:
+            members = sorted((n for n in self.nodes if n["_column"] == key), key=lambda n: RANK.get(n["type"], 9))
+            if not members:
+                continue
+            width, y = max(n["size"][0] for n in members), TOP
+            for node in members:
+                node["pos"] = [x + GROUP_PAD, y]
+                y += node["size"][1] + TITLE_HEIGHT + GAP
+            groups.append({"title": title, "bounding": [x, TOP - TITLE_HEIGHT - GROUP_TITLE, width + 2 * GROUP_PAD,
+                                                        y - GAP - TOP + TITLE_HEIGHT + GROUP_TITLE + GROUP_PAD],
+                           "color": "#3f789e", "font_size": 24, "flags": {}})
+            x += width + 2 * GROUP_PAD + GAP
+        return groups
+
     def json(self):
+        if not any(n["type"] == "Note" for n in self.nodes):
+            self.add_note()
+        groups = self.layout()
+        nodes = [{k: v for k, v in n.items() if not k.startswith("_")} for n in self.nodes]
         return {
             "last_node_id": len(self.nodes), "last_link_id": max((link[0] for link in self.links), default=0),
-            "nodes": self.nodes, "links": self.links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4,
+            "nodes": nodes, "links": self.links, "groups": groups, "config": {},
+            "extra": {"ds": {"scale": 0.6, "offset": [0, 0]}}, "version": 0.4,
         }
+
+    def intended_prompt(self):
+        """The API prompt this graph is meant to queue: what the frontend's graphToPrompt must give."""
+        links = {link[0]: link for link in self.links}
+        prompt = {}
+        for node in self.nodes:
+            if node["type"] in FRONTEND_ONLY:
+                continue
+            declared = {name for name, _, _, _ in DEFS[node["type"]]["inputs"]}
+            inputs = {name: value for name, value in node["_values"].items() if name in declared}
+            for inp in node["inputs"]:
+                if inp["link"] is not None:
+                    _, src, src_slot, _, _, _ = links[inp["link"]]
+                    inputs[inp["name"]] = [str(src), src_slot]
+            prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+        return prompt
 
 
 def out(node, index=0):
     return (node, index)
 
 
-def image_prompt_graph(ckpt, adapter, text="", weight=1.0, size=512, image="reference.png", steps=30, cfg=6.5):
-    """Checkpoint -> Load/Encode/Apply IP-Adapter -> KSampler -> Save: the shape every example starts from."""
-    g = Graph()
-    checkpoint = g.add("CheckpointLoaderSimple", [ckpt], 0, 0)
-    loader = g.add("LoadIPAdapter", [adapter], 0, 1)
-    clip_vision = g.add("CLIPVisionLoader", [VIT_H], 0, 2)
-    reference = g.add("LoadImage", [image, "image"], 0, 3)
-    prompt = g.add("EncodeImagePrompt", ENCODE_WIDGETS, 1, 1, ipadapter=out(loader), clip_vision=out(clip_vision),
-                   image=out(reference))
-    applied = g.add("ApplyIPAdapter", [weight, 0.0, 1.0], 2, 0, model=out(checkpoint), ipadapter=out(loader),
-                    image_prompt=out(prompt))
-    positive = g.add("CLIPTextEncode", [text], 1, 2, clip=out(checkpoint, 1))
-    negative = g.add("CLIPTextEncode", [NEGATIVE], 1, 3, clip=out(checkpoint, 1))
-    latent = g.add("EmptyLatentImage", [size, size, 1], 2, 2)
-    sampler = g.add("KSampler", [0, "fixed", steps, cfg, "dpmpp_2m", "karras", 1.0], 3, 0, model=out(applied),
-                    positive=out(positive), negative=out(negative), latent_image=out(latent))
-    decoded = g.add("VAEDecode", [], 4, 0, samples=out(sampler), vae=out(checkpoint, 2))
-    g.add("SaveImage", ["ipadapter"], 5, 0, images=out(decoded))
-    return g, dict(checkpoint=checkpoint, loader=loader, clip_vision=clip_vision, reference=reference, prompt=prompt,
-                   applied=applied, positive=positive, negative=negative, latent=latent, sampler=sampler)
+def encoders(g, ckpt, adapter, image="reference.png", text="", clip_vision=VIT_H):
+    """Checkpoint, adapter, CLIP vision, a reference image, its image prompt and the two text prompts."""
+    n = {"checkpoint": g.add("CheckpointLoaderSimple", "models", {"ckpt_name": ckpt})}
+    n["loader"] = g.add("LoadIPAdapter", "models", {"ipadapter_file": adapter})
+    n["clip_vision"] = g.add("CLIPVisionLoader", "models", {"clip_name": clip_vision})
+    n["reference"] = g.add("LoadImage", "images", {"image": image})
+    n["prompt"] = g.add("EncodeImagePrompt", "encode", ipadapter=out(n["loader"]), clip_vision=out(n["clip_vision"]),
+                        image=out(n["reference"]))
+    n["positive"] = g.add("CLIPTextEncode", "encode", {"text": text}, clip=out(n["checkpoint"], 1))
+    n["negative"] = g.add("CLIPTextEncode", "encode", {"text": NEGATIVE}, clip=out(n["checkpoint"], 1))
+    return n
 
 
-def relink(g, node, name, source, index=0):
-    """Point input `name` of `node` at another output (used to insert nodes into a built graph)."""
-    slot = next(i for i, inp in enumerate(node["inputs"]) if inp["name"] == name)
-    old = node["inputs"][slot]["link"]
-    link = next(link for link in g.links if link[0] == old)
-    g.nodes[link[1] - 1]["outputs"][link[2]]["links"].remove(old)
-    link[1], link[2] = source["id"], index
-    source["outputs"][index]["links"].append(old)
+def sample(g, n, model, size=(512, 512), batch=1, latent=None, steps=30, cfg=6.5, denoise=1.0):
+    """Empty latent (unless given), KSampler, decode and save."""
+    if latent is None:
+        latent = out(g.add("EmptyLatentImage", "sample", {"width": size[0], "height": size[1], "batch_size": batch}))
+    sampler = g.add("KSampler", "sample", {"seed": 0, "control_after_generate": "fixed", "steps": steps, "cfg": cfg,
+                                           "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": denoise},
+                    model=model, positive=out(n["positive"]), negative=out(n["negative"]), latent_image=latent)
+    n["sampler"] = sampler
+    decoded = g.add("VAEDecode", "output", samples=out(sampler), vae=out(n["checkpoint"], 2))
+    g.add("SaveImage", "output", {"filename_prefix": "ipadapter"}, images=out(decoded))
+    return g
+
+
+def apply(g, n, weight=1.0, model=None, prompt=None, **inputs):
+    return g.add("ApplyIPAdapter", "apply", {"weight": weight}, model=model or out(n["checkpoint"]),
+                 ipadapter=out(n["loader"]), image_prompt=out(prompt or n["prompt"]), **inputs)
+
+
+def apply_advanced(g, n, weight_type, weight=1.0, **widgets):
+    return g.add("ApplyIPAdapterAdvanced", "apply", dict(weight=weight, weight_type=weight_type, **widgets),
+                 model=out(n["checkpoint"]), ipadapter=out(n["loader"]), image_prompt=out(n["prompt"]))
 
 
 def sd15_image_prompt():
-    return image_prompt_graph(SD15, "ip-adapter_sd15.safetensors")[0]
+    g = Graph()
+    n = encoders(g, SD15, "ip-adapter_sd15.safetensors")
+    return sample(g, n, out(apply(g, n)))
 
 
 def sdxl_image_prompt():
-    return image_prompt_graph(SDXL, "ip-adapter_sdxl_vit-h.safetensors", size=1024, cfg=5.0)[0]
+    g = Graph()
+    n = encoders(g, SDXL, "ip-adapter_sdxl_vit-h.safetensors")
+    return sample(g, n, out(apply(g, n)), size=(1024, 1024), cfg=5.0)
 
 
 def sd15_text_and_image():
-    return image_prompt_graph(SD15, "ip-adapter-plus_sd15.safetensors",
-                              text="a watercolor painting of a lighthouse at dusk", weight=0.5)[0]
+    g = Graph()
+    n = encoders(g, SD15, "ip-adapter-plus_sd15.safetensors", text="a watercolor painting of a lighthouse at dusk")
+    return sample(g, n, out(apply(g, n, weight=0.5)))
 
 
 def sd15_lora_controlnet():
-    g, n = image_prompt_graph(SD15, "ip-adapter-plus_sd15.safetensors", text="a portrait, studio lighting", weight=0.7)
-    lora = g.add("LoraLoader", ["your_sd15_lora.safetensors", 0.8, 0.8], 1, 0, model=out(n["checkpoint"]),
-                 clip=out(n["checkpoint"], 1))
-    relink(g, n["applied"], "model", lora)
-    relink(g, n["positive"], "clip", lora, 1)
-    relink(g, n["negative"], "clip", lora, 1)
-    controlnet = g.add("ControlNetLoader", ["control_v11p_sd15_canny.pth"], 2, 3)
-    edges = g.add("LoadImage", ["canny_edges.png", "image"], 2, 4)
-    control = g.add("ControlNetApplyAdvanced", [0.8, 0.0, 1.0], 3, 2, positive=out(n["positive"]),
-                    negative=out(n["negative"]), control_net=out(controlnet), image=out(edges))
-    relink(g, n["sampler"], "positive", control, 0)
-    relink(g, n["sampler"], "negative", control, 1)
+    g = Graph()
+    n = encoders(g, SD15, "ip-adapter-plus_sd15.safetensors", text="a portrait, studio lighting")
+    lora = g.add("LoraLoader", "models", {"lora_name": "your_sd15_lora.safetensors", "strength_model": 0.8,
+                                          "strength_clip": 0.8},
+                 model=out(n["checkpoint"]), clip=out(n["checkpoint"], 1))
+    g.connect(out(lora, 1), n["positive"], "clip")
+    g.connect(out(lora, 1), n["negative"], "clip")
+    controlnet = g.add("ControlNetLoader", "models", {"control_net_name": "control_v11p_sd15_canny.pth"})
+    edges = g.add("LoadImage", "images", {"image": "canny_edges.png"})
+    control = g.add("ControlNetApplyAdvanced", "encode", {"strength": 0.8, "start_percent": 0.0, "end_percent": 1.0},
+                    positive=out(n["positive"]), negative=out(n["negative"]), control_net=out(controlnet),
+                    image=out(edges))
+    applied = apply(g, n, weight=0.7, model=out(lora))
+    sample(g, n, out(applied))
+    g.connect(out(control, 0), n["sampler"], "positive")
+    g.connect(out(control, 1), n["sampler"], "negative")
     return g
 
 
 def sd15_img2img():
-    g, n = image_prompt_graph(SD15, "ip-adapter-plus_sd15.safetensors", text="oil painting", weight=0.8)
-    source = g.add("LoadImage", ["img2img_source.png", "image"], 1, 4)
-    encoded = g.add("VAEEncode", [], 2, 3, pixels=out(source), vae=out(n["checkpoint"], 2))
-    relink(g, n["sampler"], "latent_image", encoded)
-    n["sampler"]["widgets_values"][-1] = 0.6  # denoise: keep the source's layout
-    return g
+    g = Graph()
+    n = encoders(g, SD15, "ip-adapter-plus_sd15.safetensors", text="oil painting")
+    source = g.add("LoadImage", "images", {"image": "img2img_source.png"})
+    encoded = g.add("VAEEncode", "encode", pixels=out(source), vae=out(n["checkpoint"], 2))
+    # denoise 0.6 keeps the source's layout
+    return sample(g, n, out(apply(g, n, weight=0.8)), latent=out(encoded), denoise=0.6)
 
 
 def sd15_inpainting():
-    g, n = image_prompt_graph(SD15, "ip-adapter-plus_sd15.safetensors", text="a vase of flowers on the table")
-    source = g.add("LoadImage", ["inpaint_source.png", "image"], 1, 4)  # paint the area in the mask editor
-    encoded = g.add("VAEEncode", [], 2, 3, pixels=out(source), vae=out(n["checkpoint"], 2))
-    masked = g.add("SetLatentNoiseMask", [], 2, 4, samples=out(encoded), mask=out(source, 1))
-    relink(g, n["sampler"], "latent_image", masked)
+    g = Graph()
+    n = encoders(g, SD15, "ip-adapter-plus_sd15.safetensors", text="a vase of flowers on the table")
+    source = g.add("LoadImage", "images", {"image": "inpaint_source.png"})  # paint the area in the mask editor
+    encoded = g.add("VAEEncode", "encode", pixels=out(source), vae=out(n["checkpoint"], 2))
+    masked = g.add("SetLatentNoiseMask", "encode", samples=out(encoded), mask=out(source, 1))
     # the image prompt acts only where the picture is repainted
-    slot = next(i for i, inp in enumerate(n["applied"]["inputs"]) if inp["name"] == "attn_mask")
-    link_id = max(link[0] for link in g.links) + 1
-    g.links.append([link_id, source["id"], 1, n["applied"]["id"], slot, "MASK"])
-    source["outputs"][1]["links"].append(link_id)
-    n["applied"]["inputs"][slot]["link"] = link_id
-    return g
+    return sample(g, n, out(apply(g, n, attn_mask=out(source, 1))), latent=out(masked))
 
 
 def sd15_two_adapters():
-    g, n = image_prompt_graph(SD15, "ip-adapter-plus_sd15.safetensors", text="a portrait in a garden", weight=0.6,
-                              image="style_reference.png")
-    face_loader = g.add("LoadIPAdapter", ["ip-adapter-plus-face_sd15.safetensors"], 1, 4)
-    face = g.add("LoadImage", ["face_reference.png", "image"], 0, 4)
-    face_prompt = g.add("EncodeImagePrompt", ENCODE_WIDGETS, 1, 5, ipadapter=out(face_loader),
-                        clip_vision=out(n["clip_vision"]), image=out(face))
-    second = g.add("ApplyIPAdapter", [0.7, 0.0, 1.0], 2, 1, model=out(n["applied"]), ipadapter=out(face_loader),
+    g = Graph()
+    n = encoders(g, SD15, "ip-adapter-plus_sd15.safetensors", image="style_reference.png", text="a portrait in a garden")
+    face_loader = g.add("LoadIPAdapter", "models", {"ipadapter_file": "ip-adapter-plus-face_sd15.safetensors"})
+    face = g.add("LoadImage", "images", {"image": "face_reference.png"})
+    face_prompt = g.add("EncodeImagePrompt", "encode", ipadapter=out(face_loader), clip_vision=out(n["clip_vision"]),
+                        image=out(face))
+    style = apply(g, n, weight=0.6)
+    second = g.add("ApplyIPAdapter", "apply", {"weight": 0.7}, model=out(style), ipadapter=out(face_loader),
                    image_prompt=out(face_prompt))
-    relink(g, n["sampler"], "model", second)
-    return g
-
-
-def advanced(g, n, weight_type, weight=1.0, per_frame=False, frame_weights=""):
-    """Replace the graph's Apply IP-Adapter with Apply IP-Adapter (advanced)."""
-    old = n["applied"]
-    widgets = [weight, 0.0, 1.0, weight_type, "V only", per_frame] + ADVANCED_WIDGETS[:-1] + [frame_weights]
-    node = g.add("ApplyIPAdapterAdvanced", widgets, 2, 1, model=(g.nodes[link_source(g, old, "model")[0] - 1],
-                                                                link_source(g, old, "model")[1]),
-                 ipadapter=out(n["loader"]), image_prompt=out(n["prompt"]))
-    relink(g, n["sampler"], "model", node)
-    remove(g, old)
-    return node
-
-
-def link_source(g, node, name):
-    link_id = next(inp["link"] for inp in node["inputs"] if inp["name"] == name)
-    link = next(link for link in g.links if link[0] == link_id)
-    return link[1], link[2]
-
-
-def remove(g, node):
-    """Drop a node whose outputs are no longer used, and the links into it."""
-    assert not any(o["links"] for o in node["outputs"]), node["type"]
-    for inp in node["inputs"]:
-        if inp["link"] is not None:
-            link = next(link for link in g.links if link[0] == inp["link"])
-            g.nodes[link[1] - 1]["outputs"][link[2]]["links"].remove(link[0])
-            g.links.remove(link)
-    g.nodes.remove(node)
-    renumber(g)
-
-
-def renumber(g):
-    """Keep node ids 1..n after a removal (links follow)."""
-    mapping = {node["id"]: i + 1 for i, node in enumerate(g.nodes)}
-    for node in g.nodes:
-        node["id"] = mapping[node["id"]]
-        node["order"] = node["id"] - 1
-    for link in g.links:
-        link[1], link[3] = mapping[link[1]], mapping[link[3]]
+    return sample(g, n, out(second))
 
 
 def sdxl_style_transfer():
-    g, n = image_prompt_graph(SDXL, "ip-adapter-plus_sdxl_vit-h.safetensors", size=1024, cfg=5.0,
-                              text="a cat sitting on a windowsill, masterpiece", image="style_reference.png")
-    advanced(g, n, "style transfer")
-    return g
+    g = Graph()
+    n = encoders(g, SDXL, "ip-adapter-plus_sdxl_vit-h.safetensors", image="style_reference.png",
+                 text="a cat sitting on a windowsill, masterpiece")
+    return sample(g, n, out(apply_advanced(g, n, "style transfer")), size=(1024, 1024), cfg=5.0)
 
 
 def sd15_composition():
-    g, n = image_prompt_graph(SD15, "ip-adapter-plus_sd15.safetensors", text="a medieval castle, oil painting",
-                              image="composition_reference.png")
-    advanced(g, n, "composition")
-    return g
+    g = Graph()
+    n = encoders(g, SD15, "ip-adapter-plus_sd15.safetensors", image="composition_reference.png",
+                 text="a medieval castle, oil painting")
+    return sample(g, n, out(apply_advanced(g, n, "composition")))
 
 
 def sdxl_style_and_composition():
-    g, n = image_prompt_graph(SDXL, "ip-adapter-plus_sdxl_vit-h.safetensors", size=1024, cfg=5.0,
-                              text="a lighthouse", image="style_reference.png")
-    layout = g.add("LoadImage", ["composition_reference.png", "image"], 0, 4)
-    layout_prompt = g.add("EncodeImagePrompt", ENCODE_WIDGETS, 1, 4, ipadapter=out(n["loader"]),
-                          clip_vision=out(n["clip_vision"]), image=out(layout))
-    model_source = link_source(g, n["applied"], "model")
-    both = g.add("ApplyIPAdapterStyleComposition", [1.0, 1.0, 0.0, 1.0, "V only"], 2, 1,
-                 model=(g.nodes[model_source[0] - 1], model_source[1]), ipadapter=out(n["loader"]),
+    g = Graph()
+    n = encoders(g, SDXL, "ip-adapter-plus_sdxl_vit-h.safetensors", image="style_reference.png", text="a lighthouse")
+    layout = g.add("LoadImage", "images", {"image": "composition_reference.png"})
+    layout_prompt = g.add("EncodeImagePrompt", "encode", ipadapter=out(n["loader"]), clip_vision=out(n["clip_vision"]),
+                          image=out(layout))
+    both = g.add("ApplyIPAdapterStyleComposition", "apply", model=out(n["checkpoint"]), ipadapter=out(n["loader"]),
                  style_prompt=out(n["prompt"]), composition_prompt=out(layout_prompt))
-    relink(g, n["sampler"], "model", both)
-    remove(g, n["applied"])
-    return g
+    return sample(g, n, out(both), size=(1024, 1024), cfg=5.0)
 
 
 def sd15_two_regions():
     """Two references, each steering its own region through a mask (paint them in the mask editor)."""
-    g, n = image_prompt_graph(SD15, "ip-adapter-plus_sd15.safetensors", text="two friends on a bench in a park",
-                              weight=0.8, image="left_reference.png", size=512)
-    n["latent"]["widgets_values"] = [768, 512, 1]
-    left_mask = g.add("LoadImageMask", ["left_mask.png", "image", "alpha"], 1, 5)
-    slot = next(i for i, inp in enumerate(n["applied"]["inputs"]) if inp["name"] == "attn_mask")
-    link_id = max(link[0] for link in g.links) + 1
-    g.links.append([link_id, left_mask["id"], 0, n["applied"]["id"], slot, "MASK"])
-    left_mask["outputs"][0]["links"].append(link_id)
-    n["applied"]["inputs"][slot]["link"] = link_id
-    right = g.add("LoadImage", ["right_reference.png", "image"], 0, 5)
-    right_prompt = g.add("EncodeImagePrompt", ENCODE_WIDGETS, 1, 6, ipadapter=out(n["loader"]),
-                         clip_vision=out(n["clip_vision"]), image=out(right))
-    right_mask = g.add("LoadImageMask", ["right_mask.png", "image", "alpha"], 1, 7)
-    second = g.add("ApplyIPAdapter", [0.8, 0.0, 1.0], 2, 1, model=out(n["applied"]), ipadapter=out(n["loader"]),
-                   image_prompt=out(right_prompt), attn_mask=out(right_mask))
-    relink(g, n["sampler"], "model", second)
-    return g
+    g = Graph()
+    n = encoders(g, SD15, "ip-adapter-plus_sd15.safetensors", image="left_reference.png",
+                 text="two friends on a bench in a park")
+    left_mask = g.add("LoadImageMask", "images", {"image": "left_mask.png", "channel": "alpha"})
+    right = g.add("LoadImage", "images", {"image": "right_reference.png"})
+    right_mask = g.add("LoadImageMask", "images", {"image": "right_mask.png", "channel": "alpha"})
+    right_prompt = g.add("EncodeImagePrompt", "encode", ipadapter=out(n["loader"]), clip_vision=out(n["clip_vision"]),
+                         image=out(right))
+    left_applied = apply(g, n, weight=0.8, attn_mask=out(left_mask))
+    both = g.add("ApplyIPAdapter", "apply", {"weight": 0.8}, model=out(left_applied), ipadapter=out(n["loader"]),
+                 image_prompt=out(right_prompt), attn_mask=out(right_mask))
+    return sample(g, n, out(both), size=(768, 512))
 
 
 def sd15_animation_batch():
     """Four frames, each steered by its own reference (per_frame), fading the adapter out over the batch."""
-    g, n = image_prompt_graph(SD15, "ip-adapter-plus_sd15.safetensors", text="a flower opening, timelapse",
-                              image="frame_1.png")
+    g = Graph()
+    n = encoders(g, SD15, "ip-adapter-plus_sd15.safetensors", image="frame_1.png", text="a flower opening, timelapse")
     batch = n["reference"]
     for i in range(2, 5):
-        frame = g.add("LoadImage", [f"frame_{i}.png", "image"], 0, 3 + i)
-        batch = g.add("ImageBatch", [], 1, 3 + i, image1=out(batch), image2=out(frame))
-    relink(g, n["prompt"], "image", batch)
-    n["latent"]["widgets_values"] = [512, 512, 4]
-    advanced(g, n, "linear", per_frame=True, frame_weights="1.0, 0.9, 0.8, 0.7")
-    return g
+        frame = g.add("LoadImage", "images", {"image": f"frame_{i}.png"})
+        batch = g.add("ImageBatch", "images", image1=out(batch), image2=out(frame))
+    g.connect(out(batch), n["prompt"], "image")
+    applied = apply_advanced(g, n, "linear", per_frame=True, frame_weights="1.0, 0.9, 0.8, 0.7")
+    return sample(g, n, out(applied), batch=4)
 
 
 WORKFLOWS = {
@@ -280,9 +339,15 @@ WORKFLOWS = {
     "sd15_animation_batch": sd15_animation_batch,
 }
 
+
+def render(build):
+    """The file text of one workflow, exactly as written to workflows/."""
+    return json.dumps(build().json(), indent=1) + "\n"
+
+
 if __name__ == "__main__":
     os.makedirs(os.path.join(ROOT, "workflows"), exist_ok=True)
     for name, build in WORKFLOWS.items():
         with open(os.path.join(ROOT, "workflows", f"{name}.json"), "w") as f:
-            json.dump(build().json(), f, indent=1)
+            f.write(render(build))
         print("wrote", name)

@@ -5,10 +5,15 @@ import glob
 import json
 import os
 
+import sys
+
 import pytest
 import torch
 from comfy_host import PACK_DIR, boot
-from workflow_format import check_workflow, definitions_from_input_types, dump_definitions, load_definitions, to_api_prompt
+from workflow_format import check_workflow, definitions_from_input_types, dump_definitions, load_definitions, load_frontend_nodes
+
+sys.path.insert(0, os.path.join(PACK_DIR, "tools"))
+import build_workflows  # noqa: E402
 
 CORE_NODES = ["CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "EmptyLatentImage", "VAEDecode", "VAEEncode",
               "SaveImage", "LoadImage", "CLIPVisionLoader", "LoraLoader", "ControlNetLoader", "ControlNetApplyAdvanced",
@@ -16,6 +21,13 @@ CORE_NODES = ["CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "EmptyLate
 OUR_NODES = ["LoadIPAdapter", "EncodeImagePrompt", "ApplyIPAdapter", "ApplyIPAdapterAdvanced",
              "ApplyIPAdapterStyleComposition", "SaveImagePrompt", "LoadImagePrompt"]
 WORKFLOWS = sorted(glob.glob(os.path.join(PACK_DIR, "workflows", "*.json")))
+
+
+def intended_prompt(path):
+    """The API prompt the workflow queues: the builder's, which the browser check proves the frontend makes."""
+    graph = build_workflows.WORKFLOWS[os.path.basename(path)[:-5]]()
+    graph.json()
+    return graph.intended_prompt()
 
 
 def real_definitions():
@@ -62,8 +74,8 @@ def test_workflow_passes_comfyui_prompt_validation(path, tmp_path_factory):
     with open(path) as f:
         workflow = json.load(f)
     defs = real_definitions()
-    assert check_workflow(workflow, defs) == []
-    prompt = to_api_prompt(workflow, defs)
+    assert check_workflow(workflow, defs, load_frontend_nodes()) == []
+    prompt = intended_prompt(path)
     # every model and image the workflow names must exist for validation: create empty stand-ins
     root = tmp_path_factory.mktemp("models")
     folders = {"ckpt_name": "checkpoints", "clip_name": "clip_vision", "lora_name": "loras",
@@ -178,8 +190,7 @@ def test_workflow_runs_with_synthetic_weights(path, model_files, executor):
         comfy.model_management.unload_all_models()
         gc.collect()
 
-    with open(path) as f:
-        prompt = to_api_prompt(json.load(f), real_definitions())
+    prompt = intended_prompt(path)
     for node in prompt.values():
         if node["class_type"] == "KSampler":
             node["inputs"]["steps"] = 2

@@ -1,0 +1,111 @@
+"""The browser check against the real ComfyUI: its server on 127.0.0.1 (this pack its only custom node, no models,
+no images), its own frontend in headless Chromium, every shipped workflow dropped on the page.
+
+Beyond what tests/test_frontend.py checks through the stand-in, here the prompt the frontend makes is sent to the
+real server's /api/prompt, and its validation must find nothing wrong but the model and image files that are not
+installed. The responses the frontend got are what tests/fixtures/frontend_recording.json must hold (the stand-in
+serves that file in CI): UPDATE_FRONTEND_RECORDING=1 rewrites it from this run; otherwise a difference fails.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+import pytest
+from comfy_host import COMFYUI_PATH, PACK_DIR
+
+sys.path.insert(0, os.path.join(PACK_DIR, "tools"))
+import build_workflows  # noqa: E402
+
+SCREENSHOTS = os.path.join(tempfile.gettempdir(), "ipadapter-dca-browser-check-real")
+FILE_INPUTS = {"ckpt_name", "ipadapter_file", "clip_name", "lora_name", "control_net_name", "prompt_file"}
+IMAGE_NODES = {"LoadImage", "LoadImageMask"}
+
+
+@pytest.fixture(scope="module")
+def server():
+    from frontend_browser import chromium_path
+
+    if chromium_path() is None:
+        pytest.skip("the browser check needs Debian's chromium (apt-get install chromium) and playwright")
+    from comfy_server import ComfyServer
+
+    with ComfyServer(COMFYUI_PATH) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def frontend(server):
+    from frontend_browser import Frontend
+
+    with Frontend(server.url) as fe:
+        fe.open()
+        yield fe
+
+
+def validation_problems(status, answer, prompt):
+    """What the server's validation reports beyond model and image files that are not installed; and the
+    (node, input) pairs it reported missing."""
+    if status == 200:
+        return [f"the server accepted the prompt with no models installed: {answer}"], set()
+    problems, missing = [], set()
+    for node_id, entry in answer.get("node_errors", {}).items():
+        class_type = prompt[node_id]["class_type"]
+        for error in entry["errors"]:
+            name = error.get("extra_info", {}).get("input_name")
+            if error["type"] == "value_not_in_list" and name in FILE_INPUTS:
+                missing.add((node_id, name))
+            elif (error["type"] == "custom_validation_failed" and class_type in IMAGE_NODES
+                  and "Invalid image file" in error["details"]):
+                missing.add((node_id, "image"))
+            else:
+                problems.append(f"node {node_id} ({class_type}): {error['type']}: {error['message']} {error['details']}")
+    if not answer.get("node_errors"):
+        problems.append(f"the server refused the prompt for another reason: {answer.get('error')}")
+    return problems, missing
+
+
+@pytest.mark.parametrize("name", sorted(build_workflows.WORKFLOWS))
+def test_workflow_in_the_real_frontend_and_server(name, frontend, server):
+    from frontend_browser import check_in_frontend
+
+    graph = build_workflows.WORKFLOWS[name]()
+    graph.json()
+    intended = graph.intended_prompt()
+    problems, report = check_in_frontend(frontend, os.path.join(PACK_DIR, "workflows", f"{name}.json"), intended,
+                                         SCREENSHOTS)
+    assert problems == [], f"{name} in the frontend (screenshot {report.get('screenshot')}):\n" + "\n".join(problems)
+    status, answer = server.post_prompt(report["output"])
+    problems, missing = validation_problems(status, answer, report["output"])
+    assert problems == [], f"{name}: the server's validation:\n" + "\n".join(problems)
+    named = {(node_id, k) for node_id, node in intended.items() for k in node["inputs"]
+             if k in FILE_INPUTS or (k == "image" and node["class_type"] in IMAGE_NODES)}
+    assert missing == named, f"{name}: validation should report every file the workflow names as missing"
+
+
+def test_frontend_nodes_fixture_matches_the_real_frontend(frontend):
+    from workflow_format import load_frontend_nodes
+
+    recorded = load_frontend_nodes()
+    assert json.loads(json.dumps(frontend.node_layouts(sorted(recorded)))) == recorded
+
+
+def test_recording_is_current(frontend, server):
+    """Runs after the workflow checks, so the recording holds every route the frontend asked for."""
+    from frontend_server import FIXTURE, dump_recording, load_recording, recording_from_responses
+
+    version = server.get_json("/api/system_stats")["system"]["comfyui_version"]
+    ours = {k for k, v in server.get_json("/api/object_info").items()
+            if v.get("python_module", "").startswith("custom_nodes.ipadapter-dca")}
+    used = {n["type"] for name in build_workflows.WORKFLOWS for n in build_workflows.WORKFLOWS[name]().json()["nodes"]}
+    live = recording_from_responses(frontend.requests, server.url, ours | used, version)
+    assert ours, "the pack's nodes are not in the server's object_info"
+    if os.environ.get("UPDATE_FRONTEND_RECORDING"):
+        dump_recording(live)
+    recorded = load_recording()
+    assert recorded["_comfyui_version"] == live["_comfyui_version"], f"{FIXTURE} was recorded from another ComfyUI"
+    assert recorded["_frontend_version"] == live["_frontend_version"]
+    assert {k: v["status"] for k, v in recorded["routes"].items()} == {k: v["status"] for k, v in live["routes"].items()}
+    assert recorded["routes"]["/api/object_info"] == json.loads(json.dumps(live["routes"]["/api/object_info"])), (
+        f"the node definitions changed: rerun with UPDATE_FRONTEND_RECORDING=1 to renew {FIXTURE}")

@@ -1,0 +1,136 @@
+"""The browser check: every shipped workflow dropped on ComfyUI's real frontend (comfyui-frontend-package, the version
+ComfyUI v0.8.0 pins) in headless Chromium, served by the stand-in in frontend_server.py with the real server's
+recorded answers. What is checked is what the frontend itself reports: every node type known, the prompt its
+`graphToPrompt()` would queue equal to the one the workflow builder meant, no two nodes overlapping, no node drawn
+smaller than its widgets, links reading left to right, every node in a named group, a note naming the model files.
+
+Screenshots go to $TMPDIR/ipadapter-dca-browser-check/. tests/integration/test_frontend_real.py runs the same check
+against the real ComfyUI server and renews the recording.
+"""
+
+import copy
+import json
+import os
+import sys
+import tempfile
+
+import pytest
+from frontend_browser import Frontend, check_in_frontend, chromium_path
+from workflow_format import FRONTEND_ONLY, load_definitions, load_frontend_nodes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import build_workflows  # noqa: E402
+
+SCREENSHOTS = os.path.join(tempfile.gettempdir(), "ipadapter-dca-browser-check")
+
+
+def browser_or_skip():
+    """The browser check needs Chromium, Playwright and the frontend package; CI installs them (.ci/run), so there
+    a missing one is a failure, elsewhere a skip that says what to install."""
+    missing = []
+    if chromium_path() is None:
+        missing.append("Debian's chromium (apt-get install chromium)")
+    for module, package in (("playwright", "playwright"), ("comfyui_frontend_package", "comfyui-frontend-package==1.35.9"),
+                            ("aiohttp", "aiohttp")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(f"pip install {package}")
+    if missing:
+        message = "the browser check needs " + ", ".join(missing)
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def server():
+    browser_or_skip()
+    from frontend_server import StandinServer
+
+    with StandinServer() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def frontend(server):
+    with Frontend(server.url) as fe:
+        fe.open()
+        yield fe
+
+
+def test_recording_is_of_the_pinned_frontend(server):
+    from frontend_server import frontend_version
+
+    assert server.recording["_frontend_version"] == frontend_version() == "1.35.9"
+    assert server.recording["_comfyui_version"] == "0.8.0"
+
+
+def test_frontend_nodes_fixture_matches_the_frontend(frontend):
+    """tests/fixtures/frontend_nodes.json (the widget order the workflow builder writes in) is what the frontend
+    builds from the recorded node definitions. UPDATE_FRONTEND_NODES=1 rewrites it."""
+    from workflow_format import dump_frontend_nodes
+
+    recorded = load_frontend_nodes()
+    types = sorted(set(recorded) | {k for k in load_definitions() if not k.startswith("_")} | FRONTEND_ONLY - {"MarkdownNote"})
+    live = frontend.node_layouts(types)
+    if os.environ.get("UPDATE_FRONTEND_NODES"):
+        dump_frontend_nodes(live)
+        recorded = load_frontend_nodes()
+    assert json.loads(json.dumps(live)) == recorded
+
+
+@pytest.mark.parametrize("name", sorted(build_workflows.WORKFLOWS))
+def test_workflow_in_the_real_frontend(name, frontend, server):
+    graph = build_workflows.WORKFLOWS[name]()
+    graph.json()
+    problems, report = check_in_frontend(frontend, os.path.join(REPO, "workflows", f"{name}.json"),
+                                         graph.intended_prompt(), SCREENSHOTS)
+    assert problems == [], f"{name} in the frontend (screenshot {report.get('screenshot')}):\n" + "\n".join(problems)
+    assert server.unrecorded == [], "the frontend asked for routes the recording does not hold: rerun the real-host suite"
+
+
+def test_check_catches_a_widget_order_the_frontend_reads_differently(frontend, tmp_path):
+    """The bug this check was made for: LoadImageMask's values written as [image, upload, channel]."""
+    name = "sd15_two_regions"
+    with open(os.path.join(REPO, "workflows", f"{name}.json")) as f:
+        workflow = json.load(f)
+    for node in workflow["nodes"]:
+        if node["type"] == "LoadImageMask":
+            image, channel, upload = node["widgets_values"]
+            node["widgets_values"] = [image, upload, channel]
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(workflow))
+    graph = build_workflows.WORKFLOWS[name]()
+    graph.json()
+    problems, _ = check_in_frontend(frontend, str(path), graph.intended_prompt())
+    assert any("(LoadImageMask).channel: frontend 'image', meant 'alpha'" in p for p in problems), problems
+
+
+def test_check_catches_overlaps_as_drawn_and_a_missing_node(frontend, tmp_path):
+    name = "sd15_image_prompt"
+    with open(os.path.join(REPO, "workflows", f"{name}.json")) as f:
+        workflow = json.load(f)
+    by_type = {n["type"]: n for n in workflow["nodes"]}
+    by_type["ApplyIPAdapter"]["pos"] = list(by_type["KSampler"]["pos"])  # on top of the sampler
+    # Too small for its widgets, with the next node right below: apart in the file, but the frontend draws the
+    # node at the height its widgets need, so on the canvas they overlap.
+    encode = by_type["EncodeImagePrompt"]
+    encode["size"] = [encode["size"][0], 60]
+    text = next(n for n in workflow["nodes"] if n["type"] == "CLIPTextEncode" and n["pos"][0] == encode["pos"][0])
+    text["pos"][1] = encode["pos"][1] + 60 + 30 + 10
+    broken = copy.deepcopy(by_type["VAEDecode"])
+    broken.update(id=99, type="IPAdapterAdvanced", pos=[0, 2000], inputs=[], outputs=[], widgets_values=[])
+    workflow["nodes"].append(broken)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(workflow))
+    graph = build_workflows.WORKFLOWS[name]()
+    graph.json()
+    problems, _ = check_in_frontend(frontend, str(path), graph.intended_prompt())
+    found = "\n".join(problems)
+    assert "ApplyIPAdapter and" in found and "KSampler overlap" in found, found
+    assert f"{encode['id']} EncodeImagePrompt and {text['id']} CLIPTextEncode overlap" in found, found
+    assert "node 99: type IPAdapterAdvanced is missing in the frontend" in found, found
+    assert "node 99: not meant" in found, found
+    assert "This workflow has missing nodes" in found, found
