@@ -296,6 +296,8 @@ MESSAGES = [  # the fixed part of every message the nodes raise, as README's tro
     "'content_text' has no pooled text embedding", "layer_weights entry N", "'frame_weights' needs per_frame on",
     "'frame_weights' has N values for M frames", "per_frame is on with N reference images, but the latent batch has M frames",
     "'weight_type' / 'kv_scaling' must be one of", "is not an image prompt saved by Save Image Prompt",
+    "must stay inside ComfyUI's output folder", "does not end in a file name",
+    "must name a file inside ComfyUI's input or output folder",
 ]
 
 
