@@ -7,6 +7,7 @@ from torch import nn
 
 from .checkpoint import read_state_dict
 from .detect import AdapterSpec, describe
+from .flux import flux_adapter_from_state_dict, is_flux_adapter
 from .layers import LAYERS
 from .projection import build_projection, run_projection
 
@@ -38,7 +39,10 @@ class IPAdapter(nn.Module):
 
 
 def adapter_from_state_dict(state_dict: dict, name: str = "state dict") -> IPAdapter:
-    """Build the adapter around the given tensors without copying them (they keep the file's dtypes)."""
+    """Build the adapter around the given tensors without copying them (they keep the file's dtypes).
+    The family is told from the tensors: Flux layouts first, then SD1.5 / SDXL."""
+    if is_flux_adapter(state_dict):
+        return flux_adapter_from_state_dict(state_dict, name)
     spec = describe(state_dict, name)
     adapter = IPAdapter(spec, device="meta")
     flat = {f"{part}.{k}": v for part in ("image_proj", "ip_adapter") for k, v in state_dict[part].items()}
@@ -50,6 +54,9 @@ def load_adapter(path: str) -> IPAdapter:
     return adapter_from_state_dict(read_state_dict(path), os.path.basename(path))
 
 
+POOLED = ("image_embeds", "siglip_pooled")  # one vector per image; the other outputs are token sequences
+
+
 class ImagePromptError(ValueError):
     """Image features that do not fit the adapter; the message says which encoder is needed."""
 
@@ -57,7 +64,7 @@ class ImagePromptError(ValueError):
 def check_features(spec: AdapterSpec, features: torch.Tensor, source: str = "the CLIP vision model"):
     """Raise ImagePromptError unless `features` is what the adapter's projection consumes."""
     enc = spec.encoder
-    if enc.output == "image_embeds":
+    if enc.output in POOLED:
         ok, expected = features.ndim == 2 and features.shape[1] == enc.width, f"[batch, {enc.width}]"
     else:
         ok, expected = features.ndim == 3 and features.shape[2] == enc.width, f"[batch, 257, {enc.width}]"

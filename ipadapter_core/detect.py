@@ -43,6 +43,12 @@ class AdapterSpec:
     resampler_depth: int = 0  # plus only
 
     @property
+    def uncond(self) -> str:
+        """The reference's negative tokens (§5.3): base adapters project a zero embedding, the others encode an
+        all-zero normalised pixel tensor."""
+        return "zero embedding" if self.encoder.output == "image_embeds" else "zero pixels"
+
+    @property
     def num_layers(self) -> int:
         return len(LAYERS[self.family])
 

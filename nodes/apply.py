@@ -16,6 +16,7 @@ from ..ipadapter_core.schedules import (
 )
 from .common import ADAPTER_TYPE, CATEGORY, PROMPT_TYPE, NodeInputError, logger
 from .encode import ImagePrompt, parse_numbers
+from .flux import apply_flux, check_flux_options
 from .loader import LoadedAdapter
 from .patch import ImagePromptEntry, IPAttn2Patch
 
@@ -25,8 +26,8 @@ def model_attn2_layers(model, node):
     unet = model.get_model_object("diffusion_model")
     if not all(hasattr(unet, name) for name in ("input_blocks", "middle_block", "output_blocks")):
         raise NodeInputError(
-            f"{node}: the model is a {type(unet).__name__}, not an SD1.5 or SDXL UNet. IP-Adapter models of this "
-            "pack work with SD1.5 and SDXL checkpoints (and their fine-tunes) only."
+            f"{node}: the model is a {type(unet).__name__}, not an SD1.5 or SDXL UNet, and this is an SD1.5/SDXL "
+            "IP-Adapter. For Flux.1 load a Flux IP-Adapter (XLabs flux-ip-adapter or InstantX FLUX.1-dev-IP-Adapter)."
         )
     layers = {}
     for block_name, blocks in (("input", unet.input_blocks), ("middle", [unet.middle_block]), ("output", unet.output_blocks)):
@@ -187,6 +188,9 @@ class ApplyIPAdapter:
         node = self.NODE
         check_inputs(node, ipadapter, {"image_prompt": image_prompt}, {"weight": weight}, start_percent, end_percent)
         mask = check_mask(attn_mask, image_prompt.count, node)
+        if ipadapter.spec.family == "flux":
+            return (apply_flux(model, ipadapter, image_prompt, weight, sigma_range(model, start_percent, end_percent),
+                               mask, "", node),)
         check_model_fits(model, ipadapter, node)
         layer_weights = by_index(ipadapter, schedule("linear", ipadapter.spec.family, weight))
         entry = ImagePromptEntry(ipadapter, image_prompt, layer_weights, *sigma_range(model, start_percent, end_percent),
@@ -267,6 +271,10 @@ class ApplyIPAdapterAdvanced:
             if not math.isfinite(value):
                 raise NodeInputError(f"{node}: '{name}' must be a finite number, got {value}.")
         mask = check_mask(attn_mask, image_prompt.count, node)
+        if ipadapter.spec.family == "flux":
+            check_flux_options(node, weight_type, kv_scaling, per_frame, frame_weights)
+            return (apply_flux(model, ipadapter, image_prompt, weight, sigma_range(model, start_percent, end_percent),
+                               mask, layer_weights, node),)
         frames = None
         if frame_weights and frame_weights.strip():
             if not per_frame:
@@ -326,6 +334,9 @@ class ApplyIPAdapterStyleComposition:
                      {"style_weight": style_weight, "composition_weight": composition_weight}, start_percent, end_percent)
         if kv_scaling not in KV_SCALING:
             raise NodeInputError(f"{node}: 'kv_scaling' must be one of {list(KV_SCALING)}, got {kv_scaling!r}.")
+        if ipadapter.spec.family == "flux":
+            raise NodeInputError(f"{node}: InstantStyle's style and composition blocks are SD1.5/SDXL UNet layers; with "
+                                 "a Flux adapter use Apply IP-Adapter (advanced) and pick blocks with layer_weights.")
         check_model_fits(model, ipadapter, node)
         family, sigmas = ipadapter.spec.family, sigma_range(model, start_percent, end_percent)
         entries = []

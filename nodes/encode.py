@@ -13,6 +13,7 @@ from ..ipadapter_core import AdapterSpec, ImagePromptError, check_features, imag
 from ..ipadapter_core.combine import COMBINE_MODES, combine_features
 from .common import ADAPTER_TYPE, CATEGORY, PROMPT_TYPE, NodeInputError
 from .loader import LoadedAdapter
+from .siglip import pooled_output
 
 NODE = "Encode Image Prompt"
 CROP_MODES = ["center crop", "pad", "squash", "tiles"]
@@ -34,10 +35,10 @@ class ImagePrompt:
     file_name: str
     spec: AdapterSpec
     cond: torch.Tensor  # [n, T, C] fp32: one row of tokens per reference image (or tile)
-    uncond: torch.Tensor  # [n, T, C] fp32: the negative tokens, one row per image
+    uncond: torch.Tensor | None  # [n, T, C] fp32: the negative tokens, one row per image; None: the adapter has none
     image_weights: torch.Tensor  # [n]: each image's share when their tokens are concatenated
     features: torch.Tensor  # [n, E] or [n, 257, E]: the encoder output the cond tokens were projected from
-    uncond_features: torch.Tensor  # [1 or n, ...]
+    uncond_features: torch.Tensor | None  # [1 or n, ...]
 
     @property
     def count(self):
@@ -45,10 +46,13 @@ class ImagePrompt:
 
 
 def make_prompt(loaded: LoadedAdapter, features, uncond, image_weights) -> ImagePrompt:
-    """Project features with the adapter; the uncond row is repeated to one per image."""
+    """Project features with the adapter; the uncond row is repeated to one per image. `uncond` is None for adapters
+    that have no negative tokens (InstantX Flux without a negative image): their uncond rows get no image prompt."""
     cond = image_tokens(loaded.adapter, features)
-    uncond_tokens = image_tokens(loaded.adapter, uncond).expand(cond.shape[0], -1, -1)
-    return ImagePrompt(loaded.adapter, loaded.file_name, loaded.spec, cond.contiguous(), uncond_tokens.contiguous(),
+    uncond_tokens = None
+    if uncond is not None:
+        uncond_tokens = image_tokens(loaded.adapter, uncond).expand(cond.shape[0], -1, -1).contiguous()
+    return ImagePrompt(loaded.adapter, loaded.file_name, loaded.spec, cond.contiguous(), uncond_tokens,
                        image_weights.float(), features, uncond)
 
 
@@ -112,7 +116,10 @@ def encode_features(clip_vision, images, spec: AdapterSpec, crop_mode: str):
     for start in range(0, images.shape[0], ENCODE_CHUNK):
         chunk = shrink_large(images[start:start + ENCODE_CHUNK])
         out = clip_vision.encode_image(chunk, crop=crop_mode != "squash")
-        chunks.append(out[spec.encoder.output].float())
+        if spec.encoder.output == "siglip_pooled":  # ComfyUI's SigLIP has no pooling head: ours, from its file
+            chunks.append(pooled_output(clip_vision, out).float())
+        else:
+            chunks.append(out[spec.encoder.output].float())
         progress.update(chunk.shape[0])
     features = torch.cat(chunks)
     try:
@@ -134,6 +141,15 @@ def encode_zero_pixels(clip_vision, spec: AdapterSpec):
         return (out[1] if spec.encoder.output == "penultimate_hidden_states" else out[2]).float().cpu()
 
     return uncond_features(spec, encode)
+
+
+def default_uncond(clip_vision, spec, crop_mode):
+    """The negative features when no negative image is given, as each reference makes them."""
+    if spec.uncond == "none":
+        return None
+    if spec.uncond == "black image":  # XLabs: a black image through CLIP's own preprocessing
+        return encode_features(clip_vision, torch.zeros(1, 224, 224, 3), spec, crop_mode)
+    return encode_zero_pixels(clip_vision, spec)
 
 
 def parse_numbers(text, count, name, what, node):
@@ -252,7 +268,7 @@ class EncodeImagePrompt:
             features = subtract_content(features, spec, content_text, content_scale)
 
         if negative_image is None:
-            uncond = encode_zero_pixels(clip_vision, spec)
+            uncond = default_uncond(clip_vision, spec, crop)
         else:
             negative = to_rgb(negative_image, "negative_image")
             if negative.shape[0] not in (1, image.shape[0]):
@@ -270,7 +286,8 @@ class EncodeImagePrompt:
         try:
             features = combine_features(features, combine, weights)
             if combine != "concat":
-                uncond = uncond if uncond.shape[0] == 1 else combine_features(uncond, combine, weights)
+                if uncond is not None and uncond.shape[0] > 1:
+                    uncond = combine_features(uncond, combine, weights)
                 weights = torch.ones(1)
         except ValueError as e:
             raise NodeInputError(f"{NODE}: 'image_weights': {e}.") from None

@@ -31,6 +31,24 @@ def host_attention(q, k, v, heads, extra_options):
     )
 
 
+class TimestepGate:
+    """Inside [start, end]? Decided once per step: ComfyUI passes the same sigmas tensor to every layer and block
+    of a step, so the tensor's identity tells a new step, and only then is it read (the one host sync)."""
+
+    def __init__(self, sigma_start, sigma_end):
+        self.sigma_start, self.sigma_end = sigma_start, sigma_end
+        self._last = (None, True)  # (sigmas tensor of the current step, active?)
+
+    def active(self, options) -> bool:
+        sigmas = options.get("sigmas")
+        if sigmas is None:
+            return True
+        if sigmas is not self._last[0]:
+            sigma = float(sigmas.max())
+            self._last = (sigmas, self.sigma_end <= sigma <= self.sigma_start)
+        return self._last[1]
+
+
 class ImagePromptEntry:
     """One image prompt applied to a model: tokens, per-layer weights, timestep range, mask, and caches.
 
@@ -44,7 +62,7 @@ class ImagePromptEntry:
         self.prompt = prompt  # ImagePrompt: cond/uncond tokens [n, T, C], image weights [n]
         self.layer_weights = layer_weights  # {checkpoint index N: weight}; layers absent are not patched
         self.swapped = swapped  # indices N where cond and uncond trade places (the "precise" schedules)
-        self.sigma_start, self.sigma_end = sigma_start, sigma_end
+        self.gate = TimestepGate(sigma_start, sigma_end)
         self.mask = mask  # [1 or n, H, W] or None
         self.kv_scaling = kv_scaling
         self.per_frame = per_frame  # image f drives latent frame f
@@ -52,17 +70,6 @@ class ImagePromptEntry:
         self.separate = mask is not None and mask.shape[0] > 1 and not per_frame  # one softmax per image
         self._kv = {}  # (layer index, device, dtype) -> K and V [2, n, T, D]; row 0 cond, row 1 uncond
         self._masks = {}  # (grid, device, dtype) -> [1 or n, L, 1]
-        self._gate = (None, True)  # (sigmas tensor of the current step, active?)
-
-    def active(self, extra_options) -> bool:
-        """Inside [start, end]? Decided once per step: ComfyUI passes the same sigmas tensor to every layer."""
-        sigmas = extra_options.get("sigmas")
-        if sigmas is None:
-            return True
-        if sigmas is not self._gate[0]:
-            sigma = float(sigmas.max())  # the one host sync of the step
-            self._gate = (sigmas, self.sigma_end <= sigma <= self.sigma_start)
-        return self._gate[1]
 
     def kv(self, site, device, dtype):
         key = (site.index, device, dtype)
@@ -127,7 +134,7 @@ class ImagePromptEntry:
 
     def image_branch(self, site, q, extra_options):
         """weight * Attn(Q, K_img, V_img), masked; None when this step is outside the timestep range."""
-        if not self.active(extra_options):
+        if not self.gate.active(extra_options):
             return None
         chunks, per_chunk = self.rows(site, q, extra_options)
         ip_k, ip_v = self.batch_kv(site, q, chunks, per_chunk)

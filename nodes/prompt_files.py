@@ -129,8 +129,9 @@ class SaveImagePrompt:
                     "encoder_width": str(spec.encoder.width)}
         tensors = {"features": image_prompt.features, "uncond_features": image_prompt.uncond_features,
                    "image_weights": image_prompt.image_weights}
-        save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, os.path.join(folder, name),
-                  metadata)
+        # adapters with no negative tokens (InstantX Flux) save no uncond_features
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items() if v is not None},
+                  os.path.join(folder, name), metadata)
         logger.info("saved image prompt %s", relative)
         return {"ui": {"text": [relative]}}
 
@@ -177,7 +178,7 @@ class LoadImagePrompt:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError) as e:
             raise NodeInputError(f"{node}: '{prompt_file}' is not a readable .safetensors file ({e}).") from None
-        if meta.get("format") != FORMAT or not {"features", "uncond_features", "image_weights"} <= set(tensors):
+        if meta.get("format") != FORMAT or not {"features", "image_weights"} <= set(tensors):
             raise NodeInputError(f"{node}: '{prompt_file}' is not an image prompt saved by Save Image Prompt.")
         enc = ipadapter.spec.encoder
         saved = (meta.get("encoder_output"), meta.get("encoder_width"))
@@ -186,4 +187,4 @@ class LoadImagePrompt:
                 f"{node}: '{prompt_file}' holds {meta.get('encoder')} {saved[0]} ({saved[1]} wide), saved with "
                 f"'{meta.get('adapter_file')}' ({meta.get('family')}), but '{ipadapter.file_name}' reads "
                 f"{enc.name} {enc.output} ({enc.width} wide). Load it with an adapter that uses the same image encoder.")
-        return (make_prompt(ipadapter, tensors["features"], tensors["uncond_features"], tensors["image_weights"]),)
+        return (make_prompt(ipadapter, tensors["features"], tensors.get("uncond_features"), tensors["image_weights"]),)

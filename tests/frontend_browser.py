@@ -14,6 +14,9 @@ import os
 import shutil
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+# inputs that name a model file: the note must list each, and with no models installed validation reports each
+MODEL_FILE_INPUTS = {"ckpt_name", "ipadapter_file", "clip_name", "lora_name", "control_net_name", "unet_name",
+                     "clip_name1", "clip_name2", "vae_name"}
 
 # Read after a drop: what the frontend shows for every node, and the prompt it would queue.
 INSPECT_JS = """
@@ -225,7 +228,7 @@ def check_in_frontend(frontend, path, intended, screenshot_dir=None):
     problems += [f"node {name} is in no group" for name in outside_groups(nodes, report["groups"])]
     notes = [n["text"] for n in nodes if n["text"] is not None]
     files = sorted({v for node in intended.values() for k, v in node["inputs"].items()
-                    if k in ("ckpt_name", "ipadapter_file", "clip_name", "lora_name", "control_net_name")})
+                    if k in MODEL_FILE_INPUTS})
     if not notes:
         problems.append("no note node says which model files to download")
     problems += [f"the note does not name {name}" for name in files if notes and not any(name in t for t in notes)]

@@ -298,6 +298,10 @@ MESSAGES = [  # the fixed part of every message the nodes raise, as README's tro
     "'weight_type' / 'kv_scaling' must be one of", "is not an image prompt saved by Save Image Prompt",
     "must stay inside ComfyUI's output folder", "does not end in a file name",
     "must name a file inside ComfyUI's input or output folder",
+    "and this is an SD1.5/SDXL IP-Adapter", "but the model is an SD1.5/SDXL UNet", "which Flux.1 IP-Adapters were not trained for",
+    "lacks the attention-pooling head", "was not found in models/clip_vision", "is defined on SD1.5/SDXL UNet layers",
+    "per_frame and frame_weights are for SD1.5/SDXL batches", "with Flux give one mask",
+    "InstantStyle's style and composition blocks are SD1.5/SDXL UNet layers",
 ]
 
 

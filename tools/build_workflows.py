@@ -30,7 +30,7 @@ NEGATIVE = "blurry, lowres, bad anatomy, worst quality, low quality"
 COLUMNS = [("note", "Read me"), ("models", "Models"), ("images", "Reference images"), ("encode", "Prompts"),
            ("apply", "IP-Adapter"), ("sample", "Sampling"), ("output", "Output")]
 # within a column, image prompts above text prompts above the rest; otherwise in the order they were added
-RANK = {"EncodeImagePrompt": 0, "CLIPTextEncode": 1}
+RANK = {"EncodeImagePrompt": 0, "CLIPTextEncode": 1, "FluxGuidance": 1}
 NODE_WIDTH = 320  # wide enough for the standard file names in the combo widgets
 TEXT_HEIGHT = 150  # room for a few lines in the prompt boxes
 NOTE_SIZE = (420, 420)
@@ -41,15 +41,28 @@ GROUP_TITLE = 50
 TOP = 40 + GROUP_TITLE + TITLE_HEIGHT
 
 # where each model file goes and where it comes from
-MODEL_FOLDERS = {"ckpt_name": "checkpoints", "ipadapter_file": "ipadapter", "clip_name": "clip_vision",
-                 "lora_name": "loras", "control_net_name": "controlnet"}
+MODEL_FOLDERS = {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints", ("LoadIPAdapter", "ipadapter_file"): "ipadapter",
+                 ("CLIPVisionLoader", "clip_name"): "clip_vision", ("LoraLoader", "lora_name"): "loras",
+                 ("ControlNetLoader", "control_net_name"): "controlnet", ("UNETLoader", "unet_name"): "diffusion_models",
+                 ("DualCLIPLoader", "clip_name1"): "text_encoders", ("DualCLIPLoader", "clip_name2"): "text_encoders",
+                 ("VAELoader", "vae_name"): "vae"}
 SOURCES = {
     SD15: "Comfy-Org/stable-diffusion-v1-5-archive (Hugging Face)",
     SDXL: "stabilityai/stable-diffusion-xl-base-1.0",
     VIT_H: "h94/IP-Adapter, models/image_encoder/model.safetensors, renamed",
     "control_v11p_sd15_canny.pth": "lllyasviel/ControlNet-v1-1",
     "your_sd15_lora.safetensors": "any SD1.5 LoRA of yours",
+    "flux1-dev.safetensors": "black-forest-labs/FLUX.1-dev",
+    "clip_l.safetensors": "comfyanonymous/flux_text_encoders",
+    "t5xxl_fp16.safetensors": "comfyanonymous/flux_text_encoders",
+    "ae.safetensors": "black-forest-labs/FLUX.1-dev",
+    "flux-ip-adapter.safetensors": "XLabs-AI/flux-ip-adapter (v1; v2: XLabs-AI/flux-ip-adapter-v2)",
+    "clip-vit-large-patch14.safetensors": "openai/clip-vit-large-patch14, model.safetensors, renamed",
+    "instantx-flux1-dev-ip-adapter.bin": "InstantX/FLUX.1-dev-IP-Adapter, ip-adapter.bin, renamed",
+    "siglip-so400m-patch14-384.safetensors": "google/siglip-so400m-patch14-384, model.safetensors, renamed "
+                                             "(it has the pooling head the adapter needs)",
 }
+FLUX = "flux1-dev.safetensors"
 
 
 class Graph:
@@ -107,9 +120,10 @@ class Graph:
                  "or restart ComfyUI:", ""]
         for node in self.nodes:
             for name, value in node["_values"].items():
-                if name in MODEL_FOLDERS:
+                folder = MODEL_FOLDERS.get((node["type"], name))
+                if folder:
                     source = SOURCES.get(value, "h94/IP-Adapter (Hugging Face)")
-                    lines.append(f"- models/{MODEL_FOLDERS[name]}/{value}\n    from {source}")
+                    lines.append(f"- models/{folder}/{value}\n    from {source}")
         images = sorted({n["_values"]["image"] for n in self.nodes if n["type"] in ("LoadImage", "LoadImageMask")})
         lines += ["", "Images: replace " + ", ".join(images) + " with your own (click the image box, or drop a file "
                   "on the node). Masks: right-click a Load Image node > Open in MaskEditor."]
@@ -324,6 +338,55 @@ def sd15_animation_batch():
     return sample(g, n, out(applied), batch=4)
 
 
+def flux_graph(adapter, clip_vision, text, guidance, crop="center crop"):
+    """Flux.1-dev from its separate files (UNET, the two text encoders, VAE), an image prompt and both text prompts,
+    each with its FluxGuidance (the guidance embedding both CFG passes see)."""
+    g = Graph()
+    n = {"unet": g.add("UNETLoader", "models", {"unet_name": FLUX, "weight_dtype": "default"})}
+    n["clip"] = g.add("DualCLIPLoader", "models", {"clip_name1": "clip_l.safetensors",
+                                                   "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"})
+    n["vae"] = g.add("VAELoader", "models", {"vae_name": "ae.safetensors"})
+    n["loader"] = g.add("LoadIPAdapter", "models", {"ipadapter_file": adapter})
+    n["clip_vision"] = g.add("CLIPVisionLoader", "models", {"clip_name": clip_vision})
+    n["reference"] = g.add("LoadImage", "images", {"image": "reference.png"})
+    n["prompt"] = g.add("EncodeImagePrompt", "encode", {"crop": crop}, ipadapter=out(n["loader"]),
+                        clip_vision=out(n["clip_vision"]), image=out(n["reference"]))
+    for name, words in (("positive", text), ("negative", "")):
+        encoded = g.add("CLIPTextEncode", "encode", {"text": words}, clip=out(n["clip"]))
+        n[name] = g.add("FluxGuidance", "encode", {"guidance": guidance}, conditioning=out(encoded))
+    return g, n
+
+
+def flux_sample(g, n, model, steps, cfg):
+    latent = g.add("EmptySD3LatentImage", "sample", {"width": 1024, "height": 1024, "batch_size": 1})
+    sampler = g.add("KSampler", "sample", {"seed": 0, "control_after_generate": "fixed", "steps": steps, "cfg": cfg,
+                                           "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0},
+                    model=model, positive=out(n["positive"]), negative=out(n["negative"]), latent_image=out(latent))
+    decoded = g.add("VAEDecode", "output", samples=out(sampler), vae=out(n["vae"]))
+    g.add("SaveImage", "output", {"filename_prefix": "ipadapter_flux"}, images=out(decoded))
+    return g
+
+
+def flux_xlabs():
+    """The XLabs recipe: true CFG 3.5 against an empty negative (its uncond image tokens come from a black image),
+    guidance 4, 25 steps, weight 1.0. For v2 (flux-ip-adapter-v2) set cfg to 1.0: XLabs says v2 wants no true CFG."""
+    g, n = flux_graph("flux-ip-adapter.safetensors", "clip-vit-large-patch14.safetensors",
+                      "a portrait of a woman in a garden, detailed", guidance=4.0)
+    applied = g.add("ApplyIPAdapter", "apply", {"weight": 1.0}, model=out(n["unet"]), ipadapter=out(n["loader"]),
+                    image_prompt=out(n["prompt"]))
+    return flux_sample(g, n, out(applied), steps=25, cfg=3.5)
+
+
+def flux_instantx():
+    """InstantX's example: FLUX.1-dev at guidance 3.5 with no CFG (cfg 1), 24 steps, weight 0.7; the encoder sees the
+    image squashed to 384x384, as SigLIP's processor does."""
+    g, n = flux_graph("instantx-flux1-dev-ip-adapter.bin", "siglip-so400m-patch14-384.safetensors",
+                      "a young girl playing guitar, watercolor", guidance=3.5, crop="squash")
+    applied = g.add("ApplyIPAdapter", "apply", {"weight": 0.7}, model=out(n["unet"]), ipadapter=out(n["loader"]),
+                    image_prompt=out(n["prompt"]))
+    return flux_sample(g, n, out(applied), steps=24, cfg=1.0)
+
+
 WORKFLOWS = {
     "sd15_image_prompt": sd15_image_prompt,
     "sdxl_image_prompt": sdxl_image_prompt,
@@ -337,6 +400,8 @@ WORKFLOWS = {
     "sdxl_style_and_composition": sdxl_style_and_composition,
     "sd15_two_regions": sd15_two_regions,
     "sd15_animation_batch": sd15_animation_batch,
+    "flux_xlabs_image_prompt": flux_xlabs,
+    "flux_instantx_image_prompt": flux_instantx,
 }
 
 

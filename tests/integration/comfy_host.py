@@ -36,6 +36,8 @@ def boot():
 
     import nodes
 
+    # the built-in extras (FluxGuidance, EmptySD3LatentImage, ...), as main.py loads them; no other custom nodes
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     records = _Records()
     logging.getLogger().addHandler(records)
     try:

@@ -19,7 +19,9 @@ sys.path.insert(0, os.path.join(PACK_DIR, "tools"))
 import build_workflows  # noqa: E402
 
 SCREENSHOTS = os.path.join(tempfile.gettempdir(), "ipadapter-dca-browser-check-real")
-FILE_INPUTS = {"ckpt_name", "ipadapter_file", "clip_name", "lora_name", "control_net_name", "prompt_file"}
+from frontend_browser import MODEL_FILE_INPUTS  # noqa: E402
+
+FILE_INPUTS = MODEL_FILE_INPUTS | {"prompt_file"}
 IMAGE_NODES = {"LoadImage", "LoadImageMask"}
 
 
@@ -98,7 +100,9 @@ def test_recording_is_current(frontend, server):
     version = server.get_json("/api/system_stats")["system"]["comfyui_version"]
     ours = {k for k, v in server.get_json("/api/object_info").items()
             if v.get("python_module", "").startswith("custom_nodes.ipadapter-dca")}
-    used = {n["type"] for name in build_workflows.WORKFLOWS for n in build_workflows.WORKFLOWS[name]().json()["nodes"]}
+    from workflow_format import load_definitions
+
+    used = {name for name in load_definitions() if not name.startswith("_")}  # every node type a workflow may use
     live = recording_from_responses(frontend.requests, server.url, ours | used, version)
     assert ours, "the pack's nodes are not in the server's object_info"
     if os.environ.get("UPDATE_FRONTEND_RECORDING"):

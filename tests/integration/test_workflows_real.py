@@ -17,7 +17,8 @@ import build_workflows  # noqa: E402
 
 CORE_NODES = ["CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "EmptyLatentImage", "VAEDecode", "VAEEncode",
               "SaveImage", "LoadImage", "CLIPVisionLoader", "LoraLoader", "ControlNetLoader", "ControlNetApplyAdvanced",
-              "SetLatentNoiseMask", "LoadImageMask", "ImageBatch"]
+              "SetLatentNoiseMask", "LoadImageMask", "ImageBatch", "UNETLoader", "DualCLIPLoader", "VAELoader",
+              "FluxGuidance", "EmptySD3LatentImage"]
 OUR_NODES = ["LoadIPAdapter", "EncodeImagePrompt", "ApplyIPAdapter", "ApplyIPAdapterAdvanced",
              "ApplyIPAdapterStyleComposition", "SaveImagePrompt", "LoadImagePrompt"]
 WORKFLOWS = sorted(glob.glob(os.path.join(PACK_DIR, "workflows", "*.json")))
@@ -40,7 +41,8 @@ def real_definitions():
     return defs
 
 
-FILE_COMBOS = {"ckpt_name", "clip_name", "lora_name", "control_net_name", "ipadapter_file", "image", "prompt_file"}
+FILE_COMBOS = {"ckpt_name", "clip_name", "lora_name", "control_net_name", "ipadapter_file", "image", "prompt_file",
+               "unet_name", "clip_name1", "clip_name2", "vae_name"}
 
 
 def without_choices(defs):

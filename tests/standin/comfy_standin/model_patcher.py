@@ -7,7 +7,7 @@ patches are stored under (block_name, number[, transformer_index]) without mutat
 import copy
 
 
-from . import utils
+from . import patcher_extension, utils
 
 
 def set_model_options_patch_replace(model_options, patch, name, block_name, number, transformer_index=None):
@@ -31,6 +31,9 @@ class ModelPatcher:
         self.object_patches = {}
         self.model_options = {"transformer_options": {}}
         self.parent = None
+        # {wrapper_type: {key: [wrapper, ...]}}, as the real one: the sampler merges it into
+        # model_options["transformer_options"]["wrappers"] when sampling starts (sampler_helpers.prepare_model_patcher)
+        self.wrappers = patcher_extension.WrappersMP.init_wrappers()
 
     def model_size(self):
         return sum(t.nbytes for t in self.model.state_dict().values())
@@ -41,6 +44,7 @@ class ModelPatcher:
         n.object_patches = self.object_patches.copy()
         n.model_options = copy.deepcopy(self.model_options)
         n.parent = self
+        n.wrappers = {t: {k: w[:] for k, w in by_key.items()} for t, by_key in self.wrappers.items()}
         return n
 
     def is_clone(self, other):
@@ -52,6 +56,9 @@ class ModelPatcher:
 
     def set_model_attn2_replace(self, patch, block_name, number, transformer_index=None):
         self.set_model_patch_replace(patch, "attn2", block_name, number, transformer_index)
+
+    def add_wrapper_with_key(self, wrapper_type: str, key: str, wrapper):
+        self.wrappers.setdefault(wrapper_type, {}).setdefault(key, []).append(wrapper)
 
     def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
         """Weight patches (what LoRA loaders add), applied to the weights when the model is used."""

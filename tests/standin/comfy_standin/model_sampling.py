@@ -1,4 +1,7 @@
-"""Stand-in for comfy.model_sampling.ModelSamplingDiscrete (SD's scaled-linear schedule, eps)."""
+"""Stand-in for comfy.model_sampling: ModelSamplingDiscrete (SD's scaled-linear schedule, eps) and, for Flux,
+ModelSamplingFlux (shifted flow schedule, timestep = sigma) with CONST (flow-matching prediction)."""
+
+import math
 
 import torch
 
@@ -22,3 +25,60 @@ class ModelSamplingDiscrete(torch.nn.Module):
         if percent >= 1.0:
             return 0.0
         return self.sigma(torch.tensor((1.0 - percent) * 999.0)).item()
+
+
+def flux_time_shift(mu: float, sigma: float, t):
+    return math.exp(mu) / (math.exp(mu) + (1 / t - 1) ** sigma)
+
+
+class CONST:
+    """Flow matching: the model predicts the velocity v, x_t = sigma * noise + (1 - sigma) * x_0."""
+
+    def calculate_input(self, sigma, noise):
+        return noise
+
+    def calculate_denoised(self, sigma, model_output, model_input):
+        sigma = sigma.reshape(sigma.shape[:1] + (1,) * (model_output.ndim - 1))
+        return model_input - model_output * sigma
+
+    def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
+        sigma = sigma.reshape(sigma.shape[:1] + (1,) * (noise.ndim - 1))
+        return sigma * noise + (1.0 - sigma) * latent_image
+
+    def inverse_noise_scaling(self, sigma, latent):
+        sigma = sigma.reshape(sigma.shape[:1] + (1,) * (latent.ndim - 1))
+        return latent / (1.0 - sigma)
+
+
+class ModelSamplingFlux(torch.nn.Module):
+    """Flux's schedule: sigma(t) = e^shift / (e^shift + 1/t - 1), t in (0, 1]; the model's timestep is sigma itself."""
+
+    def __init__(self, model_config=None):
+        super().__init__()
+        settings = model_config.sampling_settings if model_config is not None else {}
+        self.set_parameters(shift=settings.get("shift", 1.15))
+
+    def set_parameters(self, shift=1.15, timesteps=10000):
+        self.shift = shift
+        self.register_buffer("sigmas", self.sigma(torch.arange(1, timesteps + 1, 1) / timesteps))
+
+    @property
+    def sigma_min(self):
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self):
+        return self.sigmas[-1]
+
+    def timestep(self, sigma):
+        return sigma
+
+    def sigma(self, timestep):
+        return flux_time_shift(self.shift, 1.0, timestep)
+
+    def percent_to_sigma(self, percent):
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        return flux_time_shift(self.shift, 1.0, 1.0 - percent)
