@@ -350,3 +350,37 @@ def test_style_and_composition_node_refuses_flux(nodes, twin, adapter_files):
     prompt = prompt_from(loaded, torch.randn(1, 768), None)
     with pytest.raises(ValueError, match=r"InstantStyle's style and composition blocks are SD1.5/SDXL UNet layers"):
         nodes["ApplyIPAdapterStyleComposition"].apply(model_patcher(twin[1]), loaded, prompt, prompt, 1.0, 1.0, 0.0, 1.0)
+
+
+def test_instantx_negative_image_gives_the_uncond_rows_its_tokens(nodes, twin, adapter_files):
+    loaded = load(nodes, "instantx")
+    cond, negative = torch.randn(1, 1152), torch.randn(1, 1152)
+    prompt = prompt_from(loaded, cond, negative)
+    out, inp = ours(nodes, twin, loaded, prompt, 0.7, cond_or_uncond=(1, 0))
+    tokens = torch.cat([prompt.uncond, prompt.cond])  # rows: uncond, cond
+    expected = reference(with_instantx_oracle(twin[0], adapter_files["instantx"], 0.7), inp, image_emb=tokens)
+    assert rel_l2(out, expected) <= 1e-5
+
+
+def test_kv_once_per_prompt_and_sigmas_read_once_per_step(nodes, twin, adapter_files, monkeypatch):
+    flux_glue = pack_module("nodes.flux")
+    calls = []
+    original = flux_glue.image_kv
+    monkeypatch.setattr(flux_glue, "image_kv", lambda *a: calls.append(1) or original(*a))
+
+    class CountingTensor(torch.Tensor):
+        floats = 0
+
+        def __float__(self):
+            CountingTensor.floats += 1
+            return super().__float__()
+
+    loaded = load(nodes, "instantx")
+    patched = nodes["ApplyIPAdapter"].apply(model_patcher(twin[1]), loaded, prompt_from(loaded, torch.randn(1, 1152), None),
+                                            0.7, 0.0, 0.9)[0]
+    inp = make_inputs(seed=6, batch=2)
+    for step in range(3):
+        sigma = torch.tensor([0.8 - 0.2 * step]).as_subclass(CountingTensor)
+        forward(patched, inp["x"], sigma, inp["context"], inp["y"], inp["guidance"][0], (1, 0))
+    assert len(calls) == 4  # once per block (2 double + 2 single), shared by every step and both CFG halves
+    assert CountingTensor.floats == 3  # one host read per step, for all four blocks
