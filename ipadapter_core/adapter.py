@@ -8,6 +8,7 @@ from torch import nn
 from .checkpoint import read_state_dict
 from .detect import AdapterSpec, describe
 from .flux import flux_adapter_from_state_dict, is_flux_adapter
+from .sd3 import is_sd3_adapter, sd3_adapter_from_state_dict
 from .layers import LAYERS
 from .projection import build_projection, run_projection
 
@@ -40,7 +41,9 @@ class IPAdapter(nn.Module):
 
 def adapter_from_state_dict(state_dict: dict, name: str = "state dict") -> IPAdapter:
     """Build the adapter around the given tensors without copying them (they keep the file's dtypes).
-    The family is told from the tensors: Flux layouts first, then SD1.5 / SDXL."""
+    The family is told from the tensors: SD3.5 and Flux layouts first, then SD1.5 / SDXL."""
+    if is_sd3_adapter(state_dict):
+        return sd3_adapter_from_state_dict(state_dict, name)
     if is_flux_adapter(state_dict):
         return flux_adapter_from_state_dict(state_dict, name)
     spec = describe(state_dict, name)
@@ -67,7 +70,8 @@ def check_features(spec: AdapterSpec, features: torch.Tensor, source: str = "the
     if enc.output in POOLED:
         ok, expected = features.ndim == 2 and features.shape[1] == enc.width, f"[batch, {enc.width}]"
     else:
-        ok, expected = features.ndim == 3 and features.shape[2] == enc.width, f"[batch, 257, {enc.width}]"
+        tokens = 729 if "SigLIP" in enc.name else 257
+        ok, expected = features.ndim == 3 and features.shape[2] == enc.width, f"[batch, {tokens}, {enc.width}]"
     if not ok:
         raise ImagePromptError(
             f"{source} gives {enc.output} of shape {list(features.shape)}, but the {spec.label} expects {expected}. "

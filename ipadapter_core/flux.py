@@ -239,21 +239,20 @@ def image_attention(q, ip_k, ip_v):
     return F.scaled_dot_product_attention(q, ip_k.to(q.dtype), ip_v.to(q.dtype)).transpose(1, 2).flatten(2)
 
 
-BLOCK_ENTRY = re.compile(r"^(all|double|single)(?:\s+(\d+))?\s*[=:]\s*(\S+)$")
-
-
-def block_weights(text, names, weight):
+def block_weights(text, names, weight, kinds=("double", "single")):
     """Per-block weights from text such as "all = 0, double 5 = 1, single = 0.5": entries separated by commas,
     semicolons or new lines, applied in order, each setting the matching blocks to value x weight. `names` are the
-    patched blocks ("double 0", ..., "single 37"); the result is one weight per name."""
+    patched blocks ("double 0", ..., "single 37"; SD3.5: "block 0" ...); the result is one weight per name."""
+    entry_form = re.compile(rf"^(all|{'|'.join(kinds)})(?:\s+(\d+))?\s*[=:]\s*(\S+)$")
+    example = " or ".join(f"'{k} {n}'" for k, n in zip(kinds, (5, 20)))
     weights = [weight] * len(names)
     entries = [e.strip() for e in re.split(r"[,;\n]", text or "") if e.strip()]
     for number, entry in enumerate(entries, 1):
         where = f"layer_weights entry {number} '{entry}'"
-        m = BLOCK_ENTRY.match(re.sub(r"\s+", " ", entry.lower()))
+        m = entry_form.match(re.sub(r"\s+", " ", entry.lower()))
         if not m:
-            raise ValueError(f"{where}: expected 'BLOCK = VALUE', where BLOCK is all, double, single, or one block "
-                             "such as 'double 5' or 'single 20'; for example 'all = 0, double 5 = 1'.")
+            raise ValueError(f"{where}: expected 'BLOCK = VALUE', where BLOCK is all, {', '.join(kinds)}, or one block "
+                             f"such as {example}; for example 'all = 0, {kinds[0]} 5 = 1'.")
         kind, index, value = m.groups()
         try:
             value = float(value)
@@ -264,7 +263,7 @@ def block_weights(text, names, weight):
         matched = [i for i, name in enumerate(names) if kind == "all" or name == f"{kind} {index}"
                    or (index is None and name.startswith(kind + " "))]
         if not matched:
-            counts = {k: sum(n.startswith(k + " ") for n in names) for k in ("double", "single")}
+            counts = {k: sum(n.startswith(k + " ") for n in names) for k in kinds}
             has = ", ".join(f"{k} 0 to {c - 1}" for k, c in counts.items() if c) or "none"
             raise ValueError(f"{where}: this adapter patches {has}; there is no {kind} {index or ''}".rstrip() + ".")
         for i in matched:

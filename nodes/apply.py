@@ -16,7 +16,10 @@ from ..ipadapter_core.schedules import (
 )
 from .common import ADAPTER_TYPE, CATEGORY, PROMPT_TYPE, NodeInputError, logger
 from .encode import ImagePrompt, parse_numbers
-from .flux import apply_flux, check_flux_options
+from .flux import apply_flux, check_dit_options
+from .sd3 import apply_sd3
+
+DIT_APPLY = {"flux": ("Flux", apply_flux), "sd3": ("SD3.5", apply_sd3)}  # family -> (name, apply function)
 from .loader import LoadedAdapter
 from .patch import ImagePromptEntry, IPAttn2Patch
 
@@ -188,9 +191,10 @@ class ApplyIPAdapter:
         node = self.NODE
         check_inputs(node, ipadapter, {"image_prompt": image_prompt}, {"weight": weight}, start_percent, end_percent)
         mask = check_mask(attn_mask, image_prompt.count, node)
-        if ipadapter.spec.family == "flux":
-            return (apply_flux(model, ipadapter, image_prompt, weight, sigma_range(model, start_percent, end_percent),
-                               mask, "", node),)
+        if ipadapter.spec.family in DIT_APPLY:
+            _, apply_dit = DIT_APPLY[ipadapter.spec.family]
+            return (apply_dit(model, ipadapter, image_prompt, weight, sigma_range(model, start_percent, end_percent),
+                              mask, "", node),)
         check_model_fits(model, ipadapter, node)
         layer_weights = by_index(ipadapter, schedule("linear", ipadapter.spec.family, weight))
         entry = ImagePromptEntry(ipadapter, image_prompt, layer_weights, *sigma_range(model, start_percent, end_percent),
@@ -271,10 +275,11 @@ class ApplyIPAdapterAdvanced:
             if not math.isfinite(value):
                 raise NodeInputError(f"{node}: '{name}' must be a finite number, got {value}.")
         mask = check_mask(attn_mask, image_prompt.count, node)
-        if ipadapter.spec.family == "flux":
-            check_flux_options(node, weight_type, kv_scaling, per_frame, frame_weights)
-            return (apply_flux(model, ipadapter, image_prompt, weight, sigma_range(model, start_percent, end_percent),
-                               mask, layer_weights, node),)
+        if ipadapter.spec.family in DIT_APPLY:
+            family, apply_dit = DIT_APPLY[ipadapter.spec.family]
+            check_dit_options(node, family, weight_type, kv_scaling, per_frame, frame_weights)
+            return (apply_dit(model, ipadapter, image_prompt, weight, sigma_range(model, start_percent, end_percent),
+                              mask, layer_weights, node),)
         frames = None
         if frame_weights and frame_weights.strip():
             if not per_frame:
@@ -334,9 +339,10 @@ class ApplyIPAdapterStyleComposition:
                      {"style_weight": style_weight, "composition_weight": composition_weight}, start_percent, end_percent)
         if kv_scaling not in KV_SCALING:
             raise NodeInputError(f"{node}: 'kv_scaling' must be one of {list(KV_SCALING)}, got {kv_scaling!r}.")
-        if ipadapter.spec.family == "flux":
+        if ipadapter.spec.family in DIT_APPLY:
             raise NodeInputError(f"{node}: InstantStyle's style and composition blocks are SD1.5/SDXL UNet layers; with "
-                                 "a Flux adapter use Apply IP-Adapter (advanced) and pick blocks with layer_weights.")
+                                 f"a {DIT_APPLY[ipadapter.spec.family][0]} adapter use Apply IP-Adapter (advanced) and "
+                                 "pick blocks with layer_weights.")
         check_model_fits(model, ipadapter, node)
         family, sigmas = ipadapter.spec.family, sigma_range(model, start_percent, end_percent)
         entries = []

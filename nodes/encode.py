@@ -34,7 +34,7 @@ class ImagePrompt:
     adapter: object  # the IPAdapter that projected the tokens; tokens only make sense with it
     file_name: str
     spec: AdapterSpec
-    cond: torch.Tensor  # [n, T, C] fp32: one row of tokens per reference image (or tile)
+    cond: torch.Tensor | None  # [n, T, C] fp32: one row of tokens per reference image (or tile); SD3.5: None
     uncond: torch.Tensor | None  # [n, T, C] fp32: the negative tokens, one row per image; None: the adapter has none
     image_weights: torch.Tensor  # [n]: each image's share when their tokens are concatenated
     features: torch.Tensor  # [n, E] or [n, 257, E]: the encoder output the cond tokens were projected from
@@ -42,12 +42,15 @@ class ImagePrompt:
 
     @property
     def count(self):
-        return self.cond.shape[0]
+        return self.features.shape[0]
 
 
 def make_prompt(loaded: LoadedAdapter, features, uncond, image_weights) -> ImagePrompt:
     """Project features with the adapter; the uncond row is repeated to one per image. `uncond` is None for adapters
     that have no negative tokens (InstantX Flux without a negative image): their uncond rows get no image prompt."""
+    if loaded.spec.family == "sd3":  # its resampler needs each step's timestep: the tokens are made while sampling
+        return ImagePrompt(loaded.adapter, loaded.file_name, loaded.spec, None, None, image_weights.float(), features,
+                           uncond)
     cond = image_tokens(loaded.adapter, features)
     uncond_tokens = None
     if uncond is not None:
@@ -145,7 +148,7 @@ def encode_zero_pixels(clip_vision, spec: AdapterSpec):
 
 def default_uncond(clip_vision, spec, crop_mode):
     """The negative features when no negative image is given, as each reference makes them."""
-    if spec.uncond == "none":
+    if spec.uncond in ("none", "zero features"):  # InstantX: none (Flux) / zeros_like at sampling time (SD3.5)
         return None
     if spec.uncond == "black image":  # XLabs: a black image through CLIP's own preprocessing
         return encode_features(clip_vision, torch.zeros(1, 224, 224, 3), spec, crop_mode)

@@ -234,14 +234,15 @@ def apply_flux(model, loaded, prompt, weight, sigmas, mask, layer_weights, node)
     return patched
 
 
-def check_flux_options(node, weight_type, kv_scaling, per_frame, frame_weights):
-    """The advanced node's SD-only inputs must stay at their defaults with a Flux adapter."""
+def check_dit_options(node, family, weight_type, kv_scaling, per_frame, frame_weights):
+    """The advanced node's UNet-only inputs must stay at their defaults with a Flux or SD3.5 adapter."""
+    example = "'all = 0, double 5 = 1'" if family == "Flux" else "'all = 0, block 5 = 1'"
     if weight_type != "linear":
-        raise NodeInputError(f"{node}: weight_type '{weight_type}' is defined on SD1.5/SDXL UNet layers; with a Flux "
-                             "adapter use 'linear' and set blocks with layer_weights (e.g. 'all = 0, double 5 = 1').")
+        raise NodeInputError(f"{node}: weight_type '{weight_type}' is defined on SD1.5/SDXL UNet layers; with a {family} "
+                             f"adapter use 'linear' and set blocks with layer_weights (e.g. {example}).")
     if kv_scaling != "V only":
-        raise NodeInputError(f"{node}: kv_scaling '{kv_scaling}' is for SD1.5/SDXL; Flux adapters use 'V only'.")
+        raise NodeInputError(f"{node}: kv_scaling '{kv_scaling}' is for SD1.5/SDXL; {family} adapters use 'V only'.")
     if per_frame or (frame_weights and frame_weights.strip()):
         raise NodeInputError(f"{node}: per_frame and frame_weights are for SD1.5/SDXL batches; turn them off with a "
-                             "Flux adapter.")
+                             f"{family} adapter.")
 

@@ -16,7 +16,7 @@ import shutil
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 # inputs that name a model file: the note must list each, and with no models installed validation reports each
 MODEL_FILE_INPUTS = {"ckpt_name", "ipadapter_file", "clip_name", "lora_name", "control_net_name", "unet_name",
-                     "clip_name1", "clip_name2", "vae_name"}
+                     "clip_name1", "clip_name2", "clip_name3", "vae_name"}
 
 # Read after a drop: what the frontend shows for every node, and the prompt it would queue.
 INSPECT_JS = """

@@ -301,7 +301,8 @@ MESSAGES = [  # the fixed part of every message the nodes raise, as README's tro
     "and this is an SD1.5/SDXL IP-Adapter", "but the model is an SD1.5/SDXL UNet", "which Flux.1 IP-Adapters were not trained for",
     "lacks the attention-pooling head", "was not found in models/clip_vision", "is defined on SD1.5/SDXL UNet layers",
     "per_frame and frame_weights are for SD1.5/SDXL batches", "with Flux give one mask",
-    "InstantStyle's style and composition blocks are SD1.5/SDXL UNet layers",
+    "InstantStyle's style and composition blocks are SD1.5/SDXL UNet layers", "with SD3.5 give one mask",
+    "not SD3.5-Large", "It needs SD3.5-Large",
 ]
 
 

@@ -45,7 +45,8 @@ MODEL_FOLDERS = {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints", ("LoadI
                  ("CLIPVisionLoader", "clip_name"): "clip_vision", ("LoraLoader", "lora_name"): "loras",
                  ("ControlNetLoader", "control_net_name"): "controlnet", ("UNETLoader", "unet_name"): "diffusion_models",
                  ("DualCLIPLoader", "clip_name1"): "text_encoders", ("DualCLIPLoader", "clip_name2"): "text_encoders",
-                 ("VAELoader", "vae_name"): "vae"}
+                 ("VAELoader", "vae_name"): "vae", ("TripleCLIPLoader", "clip_name1"): "text_encoders",
+                 ("TripleCLIPLoader", "clip_name2"): "text_encoders", ("TripleCLIPLoader", "clip_name3"): "text_encoders"}
 SOURCES = {
     SD15: "Comfy-Org/stable-diffusion-v1-5-archive (Hugging Face)",
     SDXL: "stabilityai/stable-diffusion-xl-base-1.0",
@@ -60,8 +61,13 @@ SOURCES = {
     "clip-vit-large-patch14.safetensors": "openai/clip-vit-large-patch14, model.safetensors, renamed",
     "instantx-flux1-dev-ip-adapter.bin": "InstantX/FLUX.1-dev-IP-Adapter, ip-adapter.bin, renamed",
     "siglip-so400m-patch14-384.safetensors": "google/siglip-so400m-patch14-384, model.safetensors, renamed "
-                                             "(it has the pooling head the adapter needs)",
+                                             "(it has the pooling head the InstantX Flux adapter needs)",
+    "sd3.5_large.safetensors": "stabilityai/stable-diffusion-3.5-large",
+    "clip_g.safetensors": "stabilityai/stable-diffusion-3.5-large, text_encoders/",
+    "instantx-sd3.5-large-ip-adapter.bin": "InstantX/SD3.5-Large-IP-Adapter, ip-adapter.bin, renamed",
 }
+SOURCES["clip_l.safetensors"] = "comfyanonymous/flux_text_encoders (the same file as SD3.5's text_encoders/clip_l)"
+SOURCES["t5xxl_fp16.safetensors"] = "comfyanonymous/flux_text_encoders (the same file as SD3.5's text_encoders/t5xxl_fp16)"
 FLUX = "flux1-dev.safetensors"
 
 
@@ -387,6 +393,30 @@ def flux_instantx():
     return flux_sample(g, n, out(applied), steps=24, cfg=1.0)
 
 
+def sd35_instantx():
+    """InstantX's SD3.5-Large example: weight 0.5, cfg 5, 24 steps; SigLIP sees the image squashed to 384x384."""
+    g = Graph()
+    checkpoint = g.add("CheckpointLoaderSimple", "models", {"ckpt_name": "sd3.5_large.safetensors"})
+    clip = g.add("TripleCLIPLoader", "models", {"clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors",
+                                                "clip_name3": "t5xxl_fp16.safetensors"})
+    loader = g.add("LoadIPAdapter", "models", {"ipadapter_file": "instantx-sd3.5-large-ip-adapter.bin"})
+    clip_vision = g.add("CLIPVisionLoader", "models", {"clip_name": "siglip-so400m-patch14-384.safetensors"})
+    reference = g.add("LoadImage", "images", {"image": "reference.png"})
+    prompt = g.add("EncodeImagePrompt", "encode", {"crop": "squash"}, ipadapter=out(loader),
+                   clip_vision=out(clip_vision), image=out(reference))
+    n = {"positive": g.add("CLIPTextEncode", "encode", {"text": "a cat, masterpiece, best quality"}, clip=out(clip)),
+         "negative": g.add("CLIPTextEncode", "encode", {"text": "lowres, low quality, worst quality"}, clip=out(clip))}
+    applied = g.add("ApplyIPAdapter", "apply", {"weight": 0.5}, model=out(checkpoint), ipadapter=out(loader),
+                    image_prompt=out(prompt))
+    latent = g.add("EmptySD3LatentImage", "sample", {"width": 1024, "height": 1024, "batch_size": 1})
+    sampler = g.add("KSampler", "sample", {"seed": 0, "control_after_generate": "fixed", "steps": 24, "cfg": 5.0,
+                                           "sampler_name": "euler", "scheduler": "sgm_uniform", "denoise": 1.0},
+                    model=out(applied), positive=out(n["positive"]), negative=out(n["negative"]), latent_image=out(latent))
+    decoded = g.add("VAEDecode", "output", samples=out(sampler), vae=out(checkpoint, 2))
+    g.add("SaveImage", "output", {"filename_prefix": "ipadapter_sd35"}, images=out(decoded))
+    return g
+
+
 WORKFLOWS = {
     "sd15_image_prompt": sd15_image_prompt,
     "sdxl_image_prompt": sdxl_image_prompt,
@@ -402,6 +432,7 @@ WORKFLOWS = {
     "sd15_animation_batch": sd15_animation_batch,
     "flux_xlabs_image_prompt": flux_xlabs,
     "flux_instantx_image_prompt": flux_instantx,
+    "sd35_large_image_prompt": sd35_instantx,
 }
 
 

@@ -1,5 +1,6 @@
-"""Stand-in for comfy.model_sampling: ModelSamplingDiscrete (SD's scaled-linear schedule, eps) and, for Flux,
-ModelSamplingFlux (shifted flow schedule, timestep = sigma) with CONST (flow-matching prediction)."""
+"""Stand-in for comfy.model_sampling: ModelSamplingDiscrete (SD's scaled-linear schedule, eps); for Flux,
+ModelSamplingFlux (shifted flow schedule, timestep = sigma); for SD3, ModelSamplingDiscreteFlow (shifted flow
+schedule, timestep = sigma * multiplier); CONST (flow-matching prediction) for both flow models."""
 
 import math
 
@@ -82,3 +83,46 @@ class ModelSamplingFlux(torch.nn.Module):
         if percent >= 1.0:
             return 0.0
         return flux_time_shift(self.shift, 1.0, 1.0 - percent)
+
+
+def time_snr_shift(alpha, t):
+    if alpha == 1.0:
+        return t
+    return alpha * t / (1 + (alpha - 1) * t)
+
+
+class ModelSamplingDiscreteFlow(torch.nn.Module):
+    """SD3's schedule: sigma(t) = shift * s / (1 + (shift - 1) * s) with s = t / multiplier; the model's timestep is
+    sigma * multiplier (1000). Defaults as ComfyUI's (shift 1.0 without a model_config); model_base.SD3 gets shift
+    3.0 from supported_models.SD3.sampling_settings."""
+
+    def __init__(self, model_config=None):
+        super().__init__()
+        settings = model_config.sampling_settings if model_config is not None else {}
+        self.set_parameters(shift=settings.get("shift", 1.0), multiplier=settings.get("multiplier", 1000))
+
+    def set_parameters(self, shift=1.0, timesteps=1000, multiplier=1000):
+        self.shift = shift
+        self.multiplier = multiplier
+        self.register_buffer("sigmas", self.sigma((torch.arange(1, timesteps + 1, 1) / timesteps) * multiplier))
+
+    @property
+    def sigma_min(self):
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self):
+        return self.sigmas[-1]
+
+    def timestep(self, sigma):
+        return sigma * self.multiplier
+
+    def sigma(self, timestep):
+        return time_snr_shift(self.shift, timestep / self.multiplier)
+
+    def percent_to_sigma(self, percent):
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        return time_snr_shift(self.shift, 1.0 - percent)
