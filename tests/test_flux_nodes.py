@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from flux_references import MaskedXLabsProcessor, with_instantx_oracle, with_xlabs_processors, xlabs_to_diffusers
 from flux_twin import forward, make_inputs, make_pair, model_patcher, rel_l2, run_diffusers, velocity
 from safetensors.torch import save_file

@@ -169,3 +169,30 @@ def test_encode_takes_siglip_penultimate_hidden_states(tmp_path, adapter):
     with pytest.raises(ValueError, match=r"expects \[batch, 729, 1152\]. Load the CLIP vision model "
                                          r"siglip-so400m-patch14-384.safetensors"):
         encode.encode(loaded, ClipVisionModel("vit-h"), image)
+
+
+def test_a_patch_already_at_a_block_and_an_attention_override_are_kept(nodes, twin, adapter):
+    _, loaded = adapter
+    prompt = prompt_from(loaded, torch.randn(1, 20, 1152))
+    calls = {"patch": 0, "override": 0}
+
+    def other_patch(args, extra):
+        calls["patch"] += 1
+        out = extra["original_block"](args)
+        return dict(out, img=out["img"] * 1.01)
+
+    def other_override(func, *args, **kwargs):
+        calls["override"] += 1
+        return func(*args, **kwargs)
+
+    model = model_patcher(twin[1])
+    model.set_model_patch_replace(other_patch, "dit", "double_block", 1)
+    model.model_options["transformer_options"]["optimized_attention_override"] = other_override
+    patched = nodes["ApplyIPAdapter"].apply(model, loaded, prompt, 0.5, 0.0, 1.0)[0]
+    inp = make_inputs(seed=8, batch=1)
+    args = (inp["x"], inp["sigma"], inp["context"], inp["y"])
+    with_both = forward(patched, *args)
+    assert calls == {"patch": 1, "override": 2}
+    alone = nodes["ApplyIPAdapter"].apply(model_patcher(twin[1]), loaded, prompt, 0.5, 0.0, 1.0)[0]
+    assert rel_l2(with_both, forward(alone, *args)) > 1e-4
+    assert rel_l2(with_both, forward(model, *args)) > 1e-3
