@@ -16,8 +16,16 @@ from flux_twin import forward, make_diffusers, make_inputs, rel_l2, run_comfy, r
 
 
 def unet_config(diffusers_model):
-    """ComfyUI's Flux unet_config (what detection would give for this checkpoint, with its true heads and axes)."""
-    return dict(image_model="flux", **flux_twin.comfy_params(diffusers_model))
+    """ComfyUI's Flux unet_config (what detection would give for this checkpoint, with its true heads and axes),
+    keeping the FluxParams fields this ComfyUI has (v0.3.64 has no txt_ids_dims)."""
+    boot()
+    import dataclasses
+
+    import comfy.ldm.flux.model
+
+    fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
+    params = {k: v for k, v in flux_twin.comfy_params(diffusers_model).items() if k in fields}
+    return dict(image_model="flux", **params)
 
 
 def comfy_state_dict(diffusers_model):
