@@ -18,7 +18,7 @@ import build_workflows  # noqa: E402
 CORE_NODES = ["CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "EmptyLatentImage", "VAEDecode", "VAEEncode",
               "SaveImage", "LoadImage", "CLIPVisionLoader", "LoraLoader", "ControlNetLoader", "ControlNetApplyAdvanced",
               "SetLatentNoiseMask", "LoadImageMask", "ImageBatch", "UNETLoader", "DualCLIPLoader", "VAELoader",
-              "FluxGuidance", "EmptySD3LatentImage"]
+              "FluxGuidance", "EmptySD3LatentImage", "TripleCLIPLoader"]
 OUR_NODES = ["LoadIPAdapter", "EncodeImagePrompt", "ApplyIPAdapter", "ApplyIPAdapterAdvanced",
              "ApplyIPAdapterStyleComposition", "SaveImagePrompt", "LoadImagePrompt"]
 WORKFLOWS = sorted(glob.glob(os.path.join(PACK_DIR, "workflows", "*.json")))
@@ -42,7 +42,7 @@ def real_definitions():
 
 
 FILE_COMBOS = {"ckpt_name", "clip_name", "lora_name", "control_net_name", "ipadapter_file", "image", "prompt_file",
-               "unet_name", "clip_name1", "clip_name2", "vae_name"}
+               "unet_name", "clip_name1", "clip_name2", "clip_name3", "vae_name"}
 
 
 def without_choices(defs):
@@ -81,7 +81,9 @@ def test_workflow_passes_comfyui_prompt_validation(path, tmp_path_factory):
     # every model and image the workflow names must exist for validation: create empty stand-ins
     root = tmp_path_factory.mktemp("models")
     folders = {"ckpt_name": "checkpoints", "clip_name": "clip_vision", "lora_name": "loras",
-               "control_net_name": "controlnet", "ipadapter_file": "ipadapter"}
+               "control_net_name": "controlnet", "ipadapter_file": "ipadapter", "unet_name": "diffusion_models",
+               "clip_name1": "text_encoders", "clip_name2": "text_encoders", "clip_name3": "text_encoders",
+               "vae_name": "vae"}
     for node in prompt.values():
         for name, value in node["inputs"].items():
             if name in folders:
@@ -112,7 +114,7 @@ class _Server:
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
-    """Every model file a workflow names, with random weights, in temporary model folders."""
+    """Every model file a workflow names, with random weights, in temporary model folders (deleted afterwards)."""
     boot()
     import folder_paths
     import synthetic_files as sf
@@ -136,12 +138,23 @@ def model_files(tmp_path_factory):
     make("loras", "your_sd15_lora.safetensors", sf.sd15_lora)
     if os.environ.get("RUN_SDXL_WORKFLOW"):
         make("checkpoints", "sd_xl_base_1.0.safetensors", sf.sdxl_checkpoint)
+    if os.environ.get("RUN_FLUX_WORKFLOW"):  # FLUX.1-dev at full width, 1 double + 1 single block; full T5-XXL
+        make("text_encoders", "t5xxl_fp16.safetensors", sf.t5xxl)
+        make("text_encoders", "clip_l.safetensors", sf.clip_l)
+        make("diffusion_models", "flux1-dev.safetensors", sf.flux_unet)
+        make("vae", "ae.safetensors", sf.flux_vae)
+        make("clip_vision", "clip-vit-large-patch14.safetensors", sf.clip_vision_vit_l)
+        make("clip_vision", "siglip-so400m-patch14-384.safetensors", sf.clip_vision_siglip_384)
+        make("ipadapter", "flux-ip-adapter.safetensors", lambda p: sf.flux_xlabs_adapter(p, doubles=1))
+        make("ipadapter", "instantx-flux1-dev-ip-adapter.bin", lambda p: sf.flux_instantx_adapter(p, layers=2))
     for name, variant in (("ip-adapter_sd15.safetensors", "sd15_base"), ("ip-adapter-plus_sd15.safetensors", "sd15_plus"),
                           ("ip-adapter-plus-face_sd15.safetensors", "sd15_plus"),
                           ("ip-adapter_sdxl_vit-h.safetensors", "sdxl_vith"),
                           ("ip-adapter-plus_sdxl_vit-h.safetensors", "sdxl_plus")):
         make("ipadapter", name, lambda p, v=variant: save_file(flatten(make_checkpoint(v)), p))
-    return made
+    yield made
+    for path in made.values():  # pytest keeps the last 3 base temp dirs: don't leave 12 GB of weights in each
+        os.remove(path)
 
 
 def input_images(prompt):
@@ -178,6 +191,34 @@ def needs_sdxl(path):
         pytest.skip("the SDXL run builds a 7 GB checkpoint and needs about 20 GB of RAM: set RUN_SDXL_WORKFLOW=1")
 
 
+def needs_flux(path):
+    if "flux" in os.path.basename(path) and not os.environ.get("RUN_FLUX_WORKFLOW"):
+        pytest.skip("the Flux runs build 12 GB of files (T5-XXL alone is 9.5 GB, full size) and need about 14 GB of "
+                    "RAM: set RUN_FLUX_WORKFLOW=1")
+
+
+_last_run = {}
+
+
+def needs_sd3(path):
+    if "sd35" in os.path.basename(path) and not os.environ.get("RUN_SD3_WORKFLOW"):
+        pytest.skip("the SD3.5 run needs full-size text encoders (T5-XXL 9.5 GB, CLIP-G) and about 16 GB of RAM: "
+                    "set RUN_SD3_WORKFLOW=1")
+
+
+def make_room(executor, family):
+    """Before a big family's first run, drop what earlier runs cached; runs of one family share their loaders."""
+    import gc
+
+    import comfy.model_management
+
+    if _last_run.get("family") != family:
+        executor.reset()
+        comfy.model_management.unload_all_models()
+        gc.collect()
+    _last_run["family"] = family
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
 def test_workflow_runs_with_synthetic_weights(path, model_files, executor):
     """The shipped workflow, as ComfyUI's executor runs it, with 2 steps at 256x256 to fit a CPU."""
@@ -185,18 +226,23 @@ def test_workflow_runs_with_synthetic_weights(path, model_files, executor):
     import execution
 
     needs_sdxl(path)
-    if "sdxl" in os.path.basename(path):  # make room: a full-size SDXL in fp32 fills most of 24 GB on its own
+    needs_flux(path)
+    needs_sd3(path)
+    name = os.path.basename(path)
+    if "sdxl" in name:  # make room: a full-size SDXL in fp32 fills most of 24 GB on its own
         import gc
 
         executor.reset()
         comfy.model_management.unload_all_models()
         gc.collect()
+    # the Flux runs hold T5-XXL (9.5 GB in fp16) and share it, with the Flux model, through the executor's cache
+    make_room(executor, "flux" if "flux" in name else "other")
 
     prompt = intended_prompt(path)
     for node in prompt.values():
         if node["class_type"] == "KSampler":
             node["inputs"]["steps"] = 2
-        if node["class_type"] == "EmptyLatentImage":
+        if node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
             node["inputs"].update(width=256, height=256)
     input_images(prompt)
     valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("run", prompt, None))
