@@ -213,3 +213,62 @@ def flux_instantx_adapter(path, layers=2):
 
     sd = instantx_state_dict(tokens=8, layers=layers, hidden=3072, cross_dim=4096, inner_dim=64, seed=15)
     torch.save({part: _half(tensors) for part, tensors in sd.items()}, path)
+
+
+# what comfy/model_detection.py detects for sd3.5_large.safetensors (38 joint blocks, width 64 * 38 = 2432)
+SD35_LARGE = dict(in_channels=16, patch_size=2, out_channels=16, depth=38, input_size=None, adm_in_channels=2048,
+                  context_embedder_config={"target": "torch.nn.Linear",
+                                           "params": {"in_features": 4096, "out_features": 2432}},
+                  num_patches=36864, pos_embed_max_size=192, qk_norm="rms", pos_embed_scaling_factor=None,
+                  x_block_self_attn_layers=[])
+
+
+def sd35_large_checkpoint(path, depth=2):
+    """sd3.5_large.safetensors for CheckpointLoaderSimple: the SD3.5-Large MMDiT (QK RMSNorm, pos_embed 192x192,
+    pooled 2048, T5 context 4096, 16 latent channels) and the SD3 VAE (16 channels, under first_stage_model.), no
+    text encoders (the workflow's TripleCLIPLoader gives them), fp16.
+
+    ComfyUI's checkpoint detection reads the depth from x_embedder (width // 64) and builds that many joint blocks:
+    it sets no `num_blocks` from the file, so fewer blocks than depth cannot load. The model is therefore `depth`
+    blocks of width 64 * depth (2 blocks, 128 wide, 2 heads of 64: the real head width), not 2432."""
+    import comfy.ldm.models.autoencoder
+    import comfy.model_detection
+    import comfy.supported_models
+
+    width = 64 * depth
+    config = dict(SD35_LARGE, depth=depth, context_embedder_config={
+        "target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": width}})
+    model = comfy.supported_models.SD3(dict(config, dtype=torch.float16)).get_model({})
+    randomize(model.diffusion_model, 16)
+    g = torch.Generator().manual_seed(16)
+    for name, p in model.diffusion_model.state_dict().items():  # QK RMSNorm weights near 1 (the pack divides by them)
+        if ".ln_q." in name or ".ln_k." in name:
+            p.copy_(1 + 0.05 * torch.randn(p.shape, generator=g))
+    detected = comfy.model_detection.detect_unet_config(model.diffusion_model.state_dict(), "")
+    assert detected == config, f"ComfyUI detects {detected}, not {config}"
+
+    def part(name):
+        return {"target": f"comfy.ldm.modules.diffusionmodules.model.{name}", "params": FLUX_VAE}
+
+    vae = comfy.ldm.models.autoencoder.AutoencodingEngine(  # the SD3 VAE: Flux's layout, 16 channels, no quant convs
+        regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+        encoder_config=part("Encoder"), decoder_config=part("Decoder"))
+    _save(model.state_dict_for_saving(None, randomize(vae, 17).state_dict(), None), path)
+
+
+def clip_g(path):
+    """clip_g.safetensors for TripleCLIPLoader: ComfyUI's OpenCLIP bigG text model (clip_config_bigg.json, 32 layers,
+    width 1280, text projection), as in SDXL; fp16, 1.4 GB."""
+    import comfy.sdxl_clip
+
+    encoder = comfy.sdxl_clip.SDXLClipG(dtype=torch.float16)
+    _save(randomize(encoder.transformer, 18).state_dict(), path)
+
+
+def sd35_instantx_adapter(path, blocks=2, hidden=128):
+    """instantx-sd3.5-large-ip-adapter.bin (nested torch.save): the released resampler (64 tokens, 1280 wide, 4 layers,
+    SigLIP's 1152 in), one layer per joint block of the checkpoint above, writing its width in heads of 64; fp16."""
+    from synthetic_sd3 import sd3_state_dict
+
+    sd = sd3_state_dict(tokens=64, blocks=blocks, hidden=hidden, head_dim=64, dim=1280, seed=19)
+    torch.save({part: _half(tensors) for part, tensors in sd.items()}, path)

@@ -125,6 +125,8 @@ def model_files(tmp_path_factory):
     made = {}
 
     def make(folder, name, build):
+        if name in made:  # the Flux and SD3.5 runs share clip_l, T5-XXL and SigLIP: build each once
+            return
         os.makedirs(root / folder, exist_ok=True)
         path = str(root / folder / name)
         with torch.inference_mode():
@@ -147,6 +149,13 @@ def model_files(tmp_path_factory):
         make("clip_vision", "siglip-so400m-patch14-384.safetensors", sf.clip_vision_siglip_384)
         make("ipadapter", "flux-ip-adapter.safetensors", lambda p: sf.flux_xlabs_adapter(p, doubles=1))
         make("ipadapter", "instantx-flux1-dev-ip-adapter.bin", lambda p: sf.flux_instantx_adapter(p, layers=2))
+    if os.environ.get("RUN_SD3_WORKFLOW"):  # SD3.5-Large's layout at 2 blocks of 128 (see sd35_large_checkpoint)
+        make("text_encoders", "t5xxl_fp16.safetensors", sf.t5xxl)
+        make("text_encoders", "clip_l.safetensors", sf.clip_l)
+        make("text_encoders", "clip_g.safetensors", sf.clip_g)
+        make("checkpoints", "sd3.5_large.safetensors", lambda p: sf.sd35_large_checkpoint(p, depth=2))
+        make("clip_vision", "siglip-so400m-patch14-384.safetensors", sf.clip_vision_siglip_384)
+        make("ipadapter", "instantx-sd3.5-large-ip-adapter.bin", lambda p: sf.sd35_instantx_adapter(p, blocks=2, hidden=128))
     for name, variant in (("ip-adapter_sd15.safetensors", "sd15_base"), ("ip-adapter-plus_sd15.safetensors", "sd15_plus"),
                           ("ip-adapter-plus-face_sd15.safetensors", "sd15_plus"),
                           ("ip-adapter_sdxl_vit-h.safetensors", "sdxl_vith"),
@@ -194,7 +203,7 @@ def needs_sdxl(path):
 def needs_flux(path):
     if "flux" in os.path.basename(path) and not os.environ.get("RUN_FLUX_WORKFLOW"):
         pytest.skip("the Flux runs build 12 GB of files (T5-XXL alone is 9.5 GB, full size) and need about 14 GB of "
-                    "RAM: set RUN_FLUX_WORKFLOW=1")
+                    "RAM (20 GB at the peak, while T5 is built): set RUN_FLUX_WORKFLOW=1")
 
 
 _last_run = {}
@@ -202,8 +211,8 @@ _last_run = {}
 
 def needs_sd3(path):
     if "sd35" in os.path.basename(path) and not os.environ.get("RUN_SD3_WORKFLOW"):
-        pytest.skip("the SD3.5 run needs full-size text encoders (T5-XXL 9.5 GB, CLIP-G) and about 16 GB of RAM: "
-                    "set RUN_SD3_WORKFLOW=1")
+        pytest.skip("the SD3.5 run needs full-size text encoders (T5-XXL 9.5 GB, CLIP-G) and about 20 GB of RAM at "
+                    "its peak: set RUN_SD3_WORKFLOW=1")
 
 
 def make_room(executor, family):
@@ -236,7 +245,7 @@ def test_workflow_runs_with_synthetic_weights(path, model_files, executor):
         comfy.model_management.unload_all_models()
         gc.collect()
     # the Flux runs hold T5-XXL (9.5 GB in fp16) and share it, with the Flux model, through the executor's cache
-    make_room(executor, "flux" if "flux" in name else "other")
+    make_room(executor, "flux" if "flux" in name else "sd35" if "sd35" in name else "other")
 
     prompt = intended_prompt(path)
     for node in prompt.values():
