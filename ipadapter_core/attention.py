@@ -12,7 +12,6 @@ This is the signature of ComfyUI's `optimized_attention`; `sdpa_attention` is th
 Shapes: B batch, L query tokens, S text tokens, T image tokens, C cross-attention width, D = heads*dim_head.
 """
 
-import torch
 import torch.nn.functional as F
 
 

@@ -12,8 +12,6 @@ base model frozen. The query is the block's own query after its QK norm and befo
 Shapes: B batch rows, H heads, L query tokens, d head width, T image tokens, C token width (4096), W = H*d (3072).
 """
 
-import math
-import re
 from dataclasses import dataclass
 
 import torch
@@ -238,34 +236,3 @@ def image_attention(q, ip_k, ip_v):
     """Attn(q, K_img, V_img) with the pre-RoPE query q [B, H, L, d]: merged heads [B, L, W]."""
     return F.scaled_dot_product_attention(q, ip_k.to(q.dtype), ip_v.to(q.dtype)).transpose(1, 2).flatten(2)
 
-
-def block_weights(text, names, weight, kinds=("double", "single")):
-    """Per-block weights from text such as "all = 0, double 5 = 1, single = 0.5": entries separated by commas,
-    semicolons or new lines, applied in order, each setting the matching blocks to value x weight. `names` are the
-    patched blocks ("double 0", ..., "single 37"; SD3.5: "block 0" ...); the result is one weight per name."""
-    entry_form = re.compile(rf"^(all|{'|'.join(kinds)})(?:\s+(\d+))?\s*[=:]\s*(\S+)$")
-    example = " or ".join(f"'{k} {n}'" for k, n in zip(kinds, (5, 20)))
-    weights = [weight] * len(names)
-    entries = [e.strip() for e in re.split(r"[,;\n]", text or "") if e.strip()]
-    for number, entry in enumerate(entries, 1):
-        where = f"layer_weights entry {number} '{entry}'"
-        m = entry_form.match(re.sub(r"\s+", " ", entry.lower()))
-        if not m:
-            raise ValueError(f"{where}: expected 'BLOCK = VALUE', where BLOCK is all, {', '.join(kinds)}, or one block "
-                             f"such as {example}; for example 'all = 0, {kinds[0]} 5 = 1'.")
-        kind, index, value = m.groups()
-        try:
-            value = float(value)
-        except ValueError:
-            raise ValueError(f"{where}: '{m.group(3)}' is not a number.") from None
-        if not math.isfinite(value):
-            raise ValueError(f"{where}: the value must be a finite number, got {value}.")
-        matched = [i for i, name in enumerate(names) if kind == "all" or name == f"{kind} {index}"
-                   or (index is None and name.startswith(kind + " "))]
-        if not matched:
-            counts = {k: sum(n.startswith(k + " ") for n in names) for k in kinds}
-            has = ", ".join(f"{k} 0 to {c - 1}" for k, c in counts.items() if c) or "none"
-            raise ValueError(f"{where}: this adapter patches {has}; there is no {kind} {index or ''}".rstrip() + ".")
-        for i in matched:
-            weights[i] = value * weight
-    return weights

@@ -97,6 +97,22 @@ class LayerWeightsError(ValueError):
 ENTRY = re.compile(r"^(all|input|middle|output)(?:\s+(\d+))?(?:\.(\d+))?\s*[=:]\s*(\S+)$")
 
 
+def split_entries(text):
+    """layer_weights text -> its entries: separated by commas, semicolons or new lines, blanks dropped."""
+    return [e.strip() for e in re.split(r"[,;\n]", text or "") if e.strip()]
+
+
+def entry_value(where, text):
+    """The VALUE of a 'BLOCK = VALUE' entry: a finite number, or LayerWeightsError naming the entry."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise LayerWeightsError(f"{where}: '{text}' is not a number.") from None
+    if not math.isfinite(value):
+        raise LayerWeightsError(f"{where}: the value must be a finite number, got {value}.")
+    return value
+
+
 def apply_layer_weights(text, family, base: LayerWeights, weight) -> LayerWeights:
     """Override per-layer weights from text such as "all = 0, output 1 = 1, input 8.3 = 0.5".
 
@@ -106,8 +122,7 @@ def apply_layer_weights(text, family, base: LayerWeights, weight) -> LayerWeight
     """
     sites = LAYERS[family]
     weights = list(base.weights)
-    entries = [e.strip() for e in re.split(r"[,;\n]", text or "") if e.strip()]
-    for number, entry in enumerate(entries, 1):
+    for number, entry in enumerate(split_entries(text), 1):
         where = f"layer_weights entry {number} '{entry}'"
         m = ENTRY.match(re.sub(r"\s+", " ", entry.lower()).replace("middle.", "middle 0."))
         if not m:
@@ -115,12 +130,7 @@ def apply_layer_weights(text, family, base: LayerWeights, weight) -> LayerWeight
                 f"{where}: expected 'BLOCK = VALUE', where BLOCK is all, input, middle, output, a block such as "
                 "'output 1', or a transformer inside one such as 'input 7.3'; for example 'all = 0, output 1 = 1'.")
         kind, block_id, inner, value = m.groups()
-        try:
-            value = float(value)
-        except ValueError:
-            raise LayerWeightsError(f"{where}: '{m.group(4)}' is not a number.") from None
-        if not math.isfinite(value):
-            raise LayerWeightsError(f"{where}: the value must be a finite number, got {value}.")
+        value = entry_value(where, value)
         matched = [i for i, s in enumerate(sites)
                    if kind in ("all", s.block_name)
                    and (block_id is None or int(block_id) == s.block_id)
@@ -143,3 +153,30 @@ def describe_missing(kind, block_id, inner, family):
     depth = max(s.transformer_index for s in sites if s.block_name == kind and s.block_id == int(block_id)) + 1
     return (f"{kind} block {block_id} of {FAMILY_NAMES[family]} has {depth} transformer block(s), "
             f"numbered 0 to {depth - 1}; there is no {inner}.")
+
+
+def block_weights(text, names, weight, kinds=("double", "single")):
+    """The DiT families' layer_weights (Flux: double / single blocks; SD3.5: joint blocks), from text such as
+    "all = 0, double 5 = 1, single = 0.5", applied in order, each entry setting the matching blocks to value x weight.
+    `names` are the patched blocks ("double 0", ..., "single 37"; "block 0", ...); returns one weight per name."""
+    entry_form = re.compile(rf"^(all|{'|'.join(kinds)})(?:\s+(\d+))?\s*[=:]\s*(\S+)$")
+    example = " or ".join(f"'{k} {n}'" for k, n in zip(kinds, (5, 20)))
+    weights = [weight] * len(names)
+    for number, entry in enumerate(split_entries(text), 1):
+        where = f"layer_weights entry {number} '{entry}'"
+        m = entry_form.match(re.sub(r"\s+", " ", entry.lower()))
+        if not m:
+            raise LayerWeightsError(f"{where}: expected 'BLOCK = VALUE', where BLOCK is all, {', '.join(kinds)}, or one "
+                                    f"block such as {example}; for example 'all = 0, {kinds[0]} 5 = 1'.")
+        kind, index, value = m.groups()
+        value = entry_value(where, value)
+        matched = [i for i, name in enumerate(names) if kind == "all" or name == f"{kind} {index}"
+                   or (index is None and name.startswith(kind + " "))]
+        if not matched:
+            counts = {k: sum(n.startswith(k + " ") for n in names) for k in kinds}
+            has = ", ".join(f"{k} 0 to {c - 1}" for k, c in counts.items() if c) or "none"
+            missing = f"{kind} {index or ''}".rstrip()
+            raise LayerWeightsError(f"{where}: this adapter patches {has}; there is no {missing}.")
+        for i in matched:
+            weights[i] = value * weight
+    return weights

@@ -16,10 +16,23 @@ from ..ipadapter_core.schedules import (
 )
 from .common import ADAPTER_TYPE, CATEGORY, PROMPT_TYPE, NodeInputError, logger
 from .encode import ImagePrompt, parse_numbers
-from .flux import apply_flux, check_dit_options
+from .flux import apply_flux
 from .sd3 import apply_sd3
 
 DIT_APPLY = {"flux": ("Flux", apply_flux), "sd3": ("SD3.5", apply_sd3)}  # family -> (name, apply function)
+
+
+def check_dit_options(node, family, weight_type, kv_scaling, per_frame, frame_weights):
+    """The advanced node's UNet-only inputs must stay at their defaults with a Flux or SD3.5 adapter."""
+    example = "'all = 0, double 5 = 1'" if family == "Flux" else "'all = 0, block 5 = 1'"
+    if weight_type != "linear":
+        raise NodeInputError(f"{node}: weight_type '{weight_type}' is defined on SD1.5/SDXL UNet layers; with a {family} "
+                             f"adapter use 'linear' and set blocks with layer_weights (e.g. {example}).")
+    if kv_scaling != "V only":
+        raise NodeInputError(f"{node}: kv_scaling '{kv_scaling}' is for SD1.5/SDXL; {family} adapters use 'V only'.")
+    if per_frame or (frame_weights and frame_weights.strip()):
+        raise NodeInputError(f"{node}: per_frame and frame_weights are for SD1.5/SDXL batches; turn them off with a "
+                             f"{family} adapter.")
 from .loader import LoadedAdapter
 from .patch import ImagePromptEntry, IPAttn2Patch
 

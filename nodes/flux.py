@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import comfy.patcher_extension
 import torch
 
-from ..ipadapter_core.flux import block_weights, image_attention, image_kv, unrope
+from ..ipadapter_core.flux import image_attention, image_kv, unrope
+from ..ipadapter_core.schedules import block_weights
 from ..ipadapter_core.masks import mask_for_tokens
 from .common import NodeInputError
-from .patch import TimestepGate
+from .patch import TimestepGate, patch_models
 
 GRID_KEY = "ipadapter_dca_grid"  # transformer_options entry: ((h, w) image-token grid, text tokens) of this call
 
@@ -61,8 +62,9 @@ def check_flux_model(model, loaded, node):
     if not (hasattr(unet, "double_blocks") and hasattr(unet, "single_blocks") and params is not None):
         raise NodeInputError(f"{node}: '{file_name}' is a {spec.label}, but the model is a {name}, not Flux.1. Flux "
                              "IP-Adapters work with Flux.1 models only (SD3.5 has its own InstantX adapter).")
-    if getattr(params, "global_modulation", False) or "Chroma" in name or not getattr(unet.double_blocks[0], "modulation", True):
-        kind = "Chroma" if "Chroma" in name or not getattr(unet.double_blocks[0], "modulation", True) else "Flux.2"
+    chroma = "Chroma" in name or not getattr(unet.double_blocks[0], "modulation", True)  # Chroma: no per-block modulation
+    if chroma or getattr(params, "global_modulation", False):
+        kind = "Chroma" if chroma else "Flux.2"
         raise NodeInputError(f"{node}: the model is {kind} ({name}), which Flux.1 IP-Adapters were not trained for: "
                              f"'{file_name}' needs a Flux.1 model (dev, schnell or a fine-tune).")
     doubles, singles = len(unet.double_blocks), len(unet.single_blocks)
@@ -95,6 +97,8 @@ class FluxPromptEntry:
         self.gate = TimestepGate(sigma_start, sigma_end)
         self.mask = mask  # [1, H, W] or None
         self._kv = {}  # (layer, device, dtype) -> K, V [2 or 1, H, n*T, d]; row 0 cond, row 1 uncond
+        self._layouts = {}  # (chunks, rows, device, dtype) -> each batch row's K/V row [B] and weight factor [B, 1, 1]
+        self._rows_kv = {}  # (layer, layout key) -> K, V gathered for the batch rows [B, H, n*T, d]
         self._masks = {}
 
     @property
@@ -106,6 +110,7 @@ class FluxPromptEntry:
         if key not in self._kv:
             if any(k[1:] != key[1:] for k in self._kv):
                 self._kv.clear()  # moved to another device or dtype: keep one copy only
+                self._rows_kv.clear()
             rows = [self.prompt.cond] + ([self.prompt.uncond] if self.prompt.uncond is not None else [])
             tokens = torch.stack(rows).flatten(1, 2).to(device, dtype)  # [2 or 1, n*T, C]
             to_k, k_bias, to_v, v_bias = (None if w is None else w.to(device, dtype) for w in self.loaded.adapter.kv(site.layer))
@@ -114,17 +119,28 @@ class FluxPromptEntry:
             self._kv[key] = (ip_k, ip_v * shares.view(1, 1, -1, 1))  # each image's share of the values
         return self._kv[key]
 
+    def layout(self, q, transformer_options):
+        """How this call's batch rows take the tokens, the same for every block: cond rows the cond tokens, uncond
+        rows the negative ones, or a factor 0 when the adapter has none (InstantX without a negative image)."""
+        chunks = tuple(transformer_options.get("cond_or_uncond") or [0])
+        key = (chunks, q.shape[0], q.device, q.dtype)
+        if key not in self._layouts:
+            negative = self.prompt.uncond is not None
+            per_chunk = q.shape[0] // len(chunks)
+            rows = [c if negative else 0 for c in chunks for _ in range(per_chunk)]
+            factors = [1.0 if c == 0 or negative else 0.0 for c in chunks for _ in range(per_chunk)]
+            self._layouts[key] = (torch.tensor(rows, device=q.device),
+                                  torch.tensor(factors, device=q.device, dtype=q.dtype).view(-1, 1, 1))
+        return key, self._layouts[key]
+
     def batch(self, site, q, transformer_options):
-        """K, V for each batch row [B, H, n*T, d] and the rows' weights [B, 1, 1]: cond rows get the cond tokens,
-        uncond rows the negative tokens, or weight 0 when the adapter has none (InstantX without a negative image)."""
-        ip_k, ip_v = self.kv(site, q.device, q.dtype)
-        chunks = transformer_options.get("cond_or_uncond") or [0]
-        per_chunk = q.shape[0] // len(chunks)
-        rows = [min(c, ip_k.shape[0] - 1) for c in chunks for _ in range(per_chunk)]
-        weight = self.weights[site]
-        row_weights = [weight if c == 0 or ip_k.shape[0] > 1 else 0.0 for c in chunks for _ in range(per_chunk)]
-        index = torch.tensor(rows, device=q.device)
-        return ip_k[index], ip_v[index], torch.tensor(row_weights, device=q.device, dtype=q.dtype).view(-1, 1, 1)
+        """K, V for each batch row [B, H, n*T, d] and the rows' weights [B, 1, 1], made once per layer and layout."""
+        key, (index, factors) = self.layout(q, transformer_options)
+        if (site.layer, key) not in self._rows_kv:
+            ip_k, ip_v = self.kv(site, q.device, q.dtype)
+            self._rows_kv[(site.layer, key)] = (ip_k[index], ip_v[index])
+        ip_k, ip_v = self._rows_kv[(site.layer, key)]
+        return ip_k, ip_v, factors * self.weights[site]
 
     def token_mask(self, transformer_options, rows, text_rows, q):
         """[1, rows, 1]: the mask on the image-token grid of this call. Text rows (a single block's first rows) and
@@ -193,8 +209,7 @@ class FluxBlockPatch:
         return self
 
     def models(self):
-        inner = self.inner.models() if hasattr(self.inner, "models") else []
-        return [self.entry.loaded.patcher] + [m for m in inner if m is not self.entry.loaded.patcher]
+        return patch_models(self.entry, self.inner)
 
 
 def record_grid(patch_size):
@@ -232,17 +247,3 @@ def apply_flux(model, loaded, prompt, weight, sigmas, mask, layer_weights, node)
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "ipadapter_dca_grid",
                                      record_grid(patch_size))
     return patched
-
-
-def check_dit_options(node, family, weight_type, kv_scaling, per_frame, frame_weights):
-    """The advanced node's UNet-only inputs must stay at their defaults with a Flux or SD3.5 adapter."""
-    example = "'all = 0, double 5 = 1'" if family == "Flux" else "'all = 0, block 5 = 1'"
-    if weight_type != "linear":
-        raise NodeInputError(f"{node}: weight_type '{weight_type}' is defined on SD1.5/SDXL UNet layers; with a {family} "
-                             f"adapter use 'linear' and set blocks with layer_weights (e.g. {example}).")
-    if kv_scaling != "V only":
-        raise NodeInputError(f"{node}: kv_scaling '{kv_scaling}' is for SD1.5/SDXL; {family} adapters use 'V only'.")
-    if per_frame or (frame_weights and frame_weights.strip()):
-        raise NodeInputError(f"{node}: per_frame and frame_weights are for SD1.5/SDXL batches; turn them off with a "
-                             f"{family} adapter.")
-

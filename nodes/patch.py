@@ -31,6 +31,13 @@ def host_attention(q, k, v, heads, extra_options):
     )
 
 
+def patch_models(entry, inner):
+    """What ComfyUI must load with the model for one of our patches: the adapter's weights, then whatever the
+    patch it wraps needs."""
+    models = inner.models() if hasattr(inner, "models") else []
+    return [entry.loaded.patcher] + [m for m in models if m is not entry.loaded.patcher]
+
+
 class TimestepGate:
     """Inside [start, end]? Decided once per step: ComfyUI passes the same sigmas tensor to every layer and block
     of a step, so the tensor's identity tells a new step, and only then is it read (the one host sync)."""
@@ -205,5 +212,4 @@ class IPAttn2Patch:
 
     def models(self):
         """Models ComfyUI must load with the UNet: our adapter weights and whatever the wrapped patch needs."""
-        inner = self.inner.models() if hasattr(self.inner, "models") else []
-        return [self.entry.loaded.patcher] + [m for m in inner if m is not self.entry.loaded.patcher]
+        return patch_models(self.entry, self.inner)

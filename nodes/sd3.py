@@ -18,11 +18,11 @@ import copy
 import comfy.patcher_extension
 import torch
 
-from ..ipadapter_core.flux import block_weights
+from ..ipadapter_core.schedules import block_weights
 from ..ipadapter_core.masks import mask_for_tokens
 from ..ipadapter_core.sd3 import ip_kv
 from .common import NodeInputError
-from .patch import TimestepGate
+from .patch import TimestepGate, patch_models
 
 GRID_KEY = "ipadapter_dca_sd3_grid"
 
@@ -68,6 +68,7 @@ class SD3PromptEntry:
         self.mask = mask
         self._step = (None, {})  # (sigmas tensor of the step, {(rows, chunks, device, dtype): tokens, temb, shares})
         self._masks = {}
+        self._params = (None, None)  # ((device, dtype), the resampler's weights cast to them)
 
     def tokens(self, q, options):
         """The resampler's tokens [B, n*T, C], timestep embedding [B, D] and the images' shares [n*T] for this call's
@@ -89,12 +90,19 @@ class SD3PromptEntry:
             sigma = (sigmas if sigmas is not None else torch.ones(1)).to(q.device).float().reshape(-1)
             t = self.model_sampling.timestep(sigma.expand(rows) if sigma.shape[0] == 1 else sigma).to(q.dtype)
             n = features.shape[1]
-            resampler = self.loaded.adapter.image_proj  # its weights in the file's dtype: cast for this call
-            params = {k: v.to(q.device, q.dtype) for k, v in resampler.state_dict().items()}
-            tokens, temb = torch.func.functional_call(resampler, params, (features.flatten(0, 1), t.repeat_interleave(n)))
+            tokens, temb = torch.func.functional_call(self.loaded.adapter.image_proj, self.resampler_params(q),
+                                                      (features.flatten(0, 1), t.repeat_interleave(n)))
             shares = self.prompt.image_weights.to(q.device, q.dtype).repeat_interleave(tokens.shape[1])
             made[key] = (tokens.unflatten(0, (rows, n)).flatten(1, 2), temb[::n], shares)
         return made[key]
+
+    def resampler_params(self, q):
+        """The resampler's weights (kept in the file's dtype) on this call's device and dtype, cast once."""
+        key = (q.device, q.dtype)
+        if self._params[0] != key:
+            state = self.loaded.adapter.image_proj.state_dict()
+            self._params = (key, {k: v.to(q.device, q.dtype) for k, v in state.items()})
+        return self._params[1]
 
     def token_mask(self, options, rows, q):
         grid = options.get(GRID_KEY)
@@ -156,8 +164,7 @@ class SD3BlockPatch:
         return SD3BlockPatch(self.index, self.entry, self.block, copy.deepcopy(self.inner, memo))
 
     def models(self):
-        inner = self.inner.models() if hasattr(self.inner, "models") else []
-        return [self.entry.loaded.patcher] + [m for m in inner if m is not self.entry.loaded.patcher]
+        return patch_models(self.entry, self.inner)
 
 
 def ratio(adapter_weight, model_weight, like):

@@ -24,7 +24,7 @@ host on first use, and the real-host twin reuses the diffusers half from its own
 
 import torch
 
-from flux_twin import randomize_, rel_l2, sampling_transformer_options
+from flux_twin import _rows, randomize_, rel_l2, sampling_transformer_options, velocity
 
 HEAD_DIM = 64  # ComfyUI's MMDiT: hidden_size = 64 * depth, num_heads = depth
 MULTIPLIER = 1000  # ModelSamplingDiscreteFlow's multiplier: the MMDiT's timestep is sigma * 1000
@@ -229,20 +229,8 @@ def forward(patcher, x, sigma, context, y=None, cond_or_uncond=(0,)):
     return patcher.model.apply_model(x, sigma.repeat(b // sigma.shape[0]), **kwargs)
 
 
-def velocity(x, denoised, sigma):
-    """The model output back from apply_model's denoised latent (flow matching: denoised = x - sigma * v)."""
-    sigma = _rows(sigma, x.shape[0]).reshape(-1, *([1] * (x.ndim - 1)))
-    return (x - denoised) / sigma
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # inputs and the two calls
-
-
-def _rows(value, batch):
-    """A float or a [1] / [B] tensor as a float32 tensor of `batch` rows."""
-    t = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
-    return t.expand(batch).clone() if t.shape[0] == 1 else t
 
 
 def make_inputs(seed=1, batch=2, height=8, width=12, txt_len=7, sigma=0.6, model=None):

@@ -7,7 +7,8 @@ from safetensors.torch import save_file
 from synthetic_flux import instantx_state_dict, xlabs_state_dict
 
 from ipadapter_core import AdapterFileError, load_adapter
-from ipadapter_core.flux import block_weights, image_kv, rope, unrope
+from ipadapter_core.flux import image_kv, rope, unrope
+from ipadapter_core.schedules import block_weights
 
 
 def save_xlabs(tmp_path, name="flux-ip-adapter.safetensors", **kw):
