@@ -2,13 +2,14 @@
 
 from .apply import ApplyIPAdapter, ApplyIPAdapterAdvanced, ApplyIPAdapterStyleComposition
 from .encode import EncodeImagePrompt
-from .loader import LoadIPAdapter, register_model_folder
+from .loader import LoadIPAdapter, LoadIPAdapterAndEncoder, register_model_folder
 from .prompt_files import LoadImagePrompt, SaveImagePrompt
 
 register_model_folder()
 
 NODE_CLASS_MAPPINGS = {
     "LoadIPAdapter": LoadIPAdapter,
+    "LoadIPAdapterAndEncoder": LoadIPAdapterAndEncoder,
     "EncodeImagePrompt": EncodeImagePrompt,
     "ApplyIPAdapter": ApplyIPAdapter,
     "ApplyIPAdapterAdvanced": ApplyIPAdapterAdvanced,
@@ -18,6 +19,7 @@ NODE_CLASS_MAPPINGS = {
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadIPAdapter": "Load IP-Adapter",
+    "LoadIPAdapterAndEncoder": "Load IP-Adapter + Encoder",
     "EncodeImagePrompt": "Encode Image Prompt",
     "ApplyIPAdapter": "Apply IP-Adapter",
     "ApplyIPAdapterAdvanced": "Apply IP-Adapter (advanced)",

@@ -3,11 +3,13 @@
 import os
 from dataclasses import dataclass
 
+import comfy.clip_vision
 import comfy.model_management
 import comfy.model_patcher
 import folder_paths
 
 from ..ipadapter_core import AdapterFileError, IPAdapter, load_adapter
+from ..ipadapter_core import encoders
 from .common import ADAPTER_TYPE, CATEGORY, logger
 
 FOLDER = "ipadapter"
@@ -89,3 +91,92 @@ class LoadIPAdapter:
             return (load_cached(path),)
         except AdapterFileError as e:
             raise AdapterFileError(f"Load IP-Adapter: {e}") from None
+
+
+AUTO = "auto (by content)"
+_described: dict = {}  # full path -> ((mtime, size), EncoderFile)
+
+
+def describe_encoder_files() -> list:
+    """Every file in models/clip_vision, described from its header; re-read only when a file changes."""
+    described = []
+    for name in folder_paths.get_filename_list("clip_vision"):
+        path = folder_paths.get_full_path("clip_vision", name)
+        stamp = (os.path.getmtime(path), os.path.getsize(path))
+        hit = _described.get(path)
+        if not hit or hit[0] != stamp:
+            hit = (stamp, encoders.describe_file(path, name))
+            _described[path] = hit
+        described.append(hit[1])
+    return described
+
+
+def pick_encoder_file(spec, adapter_name: str) -> tuple:
+    """(file name, how it was chosen) of the clip_vision file the adapter needs, or a clear error."""
+    files = describe_encoder_files()
+    chosen = encoders.pick(files, spec.encoder.name, spec.encoder.file_name)
+    if chosen is None:
+        listing = "\n".join(f"  {f.file_name}: {f.detail}" for f in files) or "  (the folder is empty)"
+        raise AdapterFileError(
+            f"Load IP-Adapter + Encoder: {adapter_name} needs the image encoder {spec.encoder.name}, and no file in "
+            f"ComfyUI/models/clip_vision is one. Download {encoders.SOURCES.get(spec.encoder.name, spec.encoder.name)} "
+            f"into models/clip_vision as {spec.encoder.file_name}. What the folder holds:\n{listing}")
+    others = [f.file_name for f in files if f.kind == chosen.kind and f is not chosen]
+    how = f"{chosen.file_name} ({spec.encoder.name}, found by content"
+    how += f"; also fitting: {', '.join(others)})" if others else ")"
+    return chosen.file_name, how
+
+
+def load_encoder(file_name: str):
+    encoder = comfy.clip_vision.load(folder_paths.get_full_path_or_raise("clip_vision", file_name))
+    if encoder is None:
+        raise AdapterFileError(f"Load IP-Adapter + Encoder: {file_name} in models/clip_vision is not a vision model "
+                               "ComfyUI can load.")
+    return encoder
+
+
+class LoadIPAdapterAndEncoder:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "ipadapter_file": (folder_paths.get_filename_list(FOLDER), {
+                    "tooltip": "An IP-Adapter model from ComfyUI/models/ipadapter. Its variant, and the image encoder "
+                               "it needs, are read from the file itself.",
+                }),
+                "clip_vision": ([AUTO] + folder_paths.get_filename_list("clip_vision"), {
+                    "tooltip": "The image encoder. 'auto' picks the file in ComfyUI/models/clip_vision that is the "
+                               "encoder this adapter was trained with, by reading each file's header (names and "
+                               "shapes only). Pick a file to override.",
+                }),
+            }
+        }
+
+    RETURN_TYPES = (ADAPTER_TYPE, "CLIP_VISION")
+    RETURN_NAMES = ("ipadapter", "clip_vision")
+    OUTPUT_TOOLTIPS = (
+        "The loaded IP-Adapter. Connect it to Encode Image Prompt and Apply IP-Adapter.",
+        "The image encoder this adapter needs. Connect it to Encode Image Prompt.",
+    )
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Loads an IP-Adapter and the image encoder it was trained with, so the two always match. With "
+        "clip_vision on 'auto' the encoder is found in models/clip_vision by content, whatever the files are "
+        "called; the choice is stable and shown on the node. Only .safetensors encoders are recognised (a .bin "
+        "would have to be unpickled to be read)."
+    )
+
+    def load(self, ipadapter_file, clip_vision=AUTO):
+        (adapter,) = LoadIPAdapter().load(ipadapter_file)
+        if clip_vision == AUTO:
+            clip_vision, how = pick_encoder_file(adapter.spec, adapter.file_name)
+        else:
+            how = f"{clip_vision} (chosen on the node)"
+            found = next((f for f in describe_encoder_files() if f.file_name == clip_vision), None)
+            if found is not None and found.kind and found.kind != adapter.spec.encoder.name:
+                logger.warning("Load IP-Adapter + Encoder: %s is %s, but %s needs %s; Encode Image Prompt will refuse "
+                               "it. Set clip_vision to auto.", clip_vision, found.kind, adapter.file_name,
+                               adapter.spec.encoder.name)
+        logger.info("Load IP-Adapter + Encoder: %s uses %s", adapter.file_name, how)
+        return {"ui": {"text": [f"encoder: {how}"]}, "result": (adapter, load_encoder(clip_vision))}
