@@ -1,7 +1,7 @@
 """ComfyUI nodes of the pack: thin glue between ComfyUI's objects and ipadapter_core."""
 
 from .apply import ApplyIPAdapter, ApplyIPAdapterAdvanced, ApplyIPAdapterStyleComposition
-from .encode import EncodeImagePrompt
+from .encode import CombineImagePrompts, EncodeImagePrompt
 from .loader import LoadIPAdapter, LoadIPAdapterAndEncoder, register_model_folder
 from .prompt_files import LoadImagePrompt, SaveImagePrompt
 
@@ -11,6 +11,7 @@ NODE_CLASS_MAPPINGS = {
     "LoadIPAdapter": LoadIPAdapter,
     "LoadIPAdapterAndEncoder": LoadIPAdapterAndEncoder,
     "EncodeImagePrompt": EncodeImagePrompt,
+    "CombineImagePrompts": CombineImagePrompts,
     "ApplyIPAdapter": ApplyIPAdapter,
     "ApplyIPAdapterAdvanced": ApplyIPAdapterAdvanced,
     "ApplyIPAdapterStyleComposition": ApplyIPAdapterStyleComposition,
@@ -21,6 +22,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadIPAdapter": "Load IP-Adapter",
     "LoadIPAdapterAndEncoder": "Load IP-Adapter + Encoder",
     "EncodeImagePrompt": "Encode Image Prompt",
+    "CombineImagePrompts": "Combine Image Prompts",
     "ApplyIPAdapter": "Apply IP-Adapter",
     "ApplyIPAdapterAdvanced": "Apply IP-Adapter (advanced)",
     "ApplyIPAdapterStyleComposition": "Apply IP-Adapter Style & Composition",

@@ -45,8 +45,9 @@ class ImagePrompt:
         return self.features.shape[0]
 
 
-def make_prompt(loaded: LoadedAdapter, features, uncond, image_weights) -> ImagePrompt:
-    """Project features with the adapter; the uncond row is repeated to one per image. `uncond` is None for adapters
+def make_prompt(loaded, features, uncond, image_weights) -> ImagePrompt:
+    """Project features with the adapter (`loaded`: anything with its adapter, file_name and spec, a LoadedAdapter or
+    an ImagePrompt); the uncond row is repeated to one per image. `uncond` is None for adapters
     that have no negative tokens (InstantX Flux without a negative image): their uncond rows get no image prompt."""
     if loaded.spec.family == "sd3":  # its resampler needs each step's timestep: the tokens are made while sampling
         return ImagePrompt(loaded.adapter, loaded.file_name, loaded.spec, None, None, image_weights.float(), features,
@@ -295,3 +296,70 @@ class EncodeImagePrompt:
         except ValueError as e:
             raise NodeInputError(f"{NODE}: 'image_weights': {e}.") from None
         return (make_prompt(ipadapter, features, uncond, weights),)
+
+
+COMBINE_NODE = "Combine Image Prompts"
+
+
+class CombineImagePrompts:
+    @classmethod
+    def INPUT_TYPES(cls):
+        prompt = (PROMPT_TYPE, {"tooltip": "An image prompt from Encode Image Prompt (or Load Image Prompt)."})
+        return {
+            "required": {
+                "image_prompt_1": prompt,
+                "combine": (list(COMBINE_MODES), {
+                    "default": "concat",
+                    "tooltip": "'concat' keeps every prompt's tokens (the model draws on each); 'average', 'norm average', "
+                               "'add' and 'subtract' merge their encoder features into one image's worth before the "
+                               "projection ('subtract': the first prompt minus the others).",
+                }),
+            },
+            "optional": {f"image_prompt_{i}": prompt for i in range(2, 6)},
+        }
+
+    RETURN_TYPES = (PROMPT_TYPE,)
+    RETURN_NAMES = ("image_prompt",)
+    OUTPUT_TOOLTIPS = ("One image prompt made of all the connected ones.",)
+    FUNCTION = "combine"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Combines image prompts encoded separately (different images, crops or negatives) into one, for the same "
+        "IP-Adapter. The merge modes work on the encoder features, as Encode Image Prompt's own combine does."
+    )
+
+    def combine(self, image_prompt_1, combine="concat", **more):
+        prompts = [image_prompt_1] + [more[k] for k in sorted(more) if more[k] is not None]
+        for i, prompt in enumerate(prompts, 1):
+            if not isinstance(prompt, ImagePrompt):
+                raise NodeInputError(f"{COMBINE_NODE}: image prompt {i} must come from Encode Image Prompt of this pack.")
+            if prompt.adapter is not prompts[0].adapter:
+                raise NodeInputError(
+                    f"{COMBINE_NODE}: image prompt {i} was made for {prompt.file_name}, image prompt 1 for "
+                    f"{prompts[0].file_name}; image prompts only combine for the same adapter.")
+        if combine not in COMBINE_MODES:
+            raise NodeInputError(f"{COMBINE_NODE}: 'combine' must be one of {list(COMBINE_MODES)}, got {combine!r}.")
+        features = torch.cat([p.features for p in prompts])
+        weights = torch.cat([p.image_weights for p in prompts])
+        uncond = [p.uncond_features for p in prompts]
+        if all(u is None for u in uncond):
+            uncond = None  # InstantX: no negative tokens (Flux), or zeros made while sampling (SD3.5)
+        else:
+            if any(u is None for u in uncond):
+                if prompts[0].spec.uncond != "zero features":
+                    raise NodeInputError(
+                        f"{COMBINE_NODE}: some of these image prompts have a negative image and some do not; with "
+                        f"{prompts[0].file_name} give every Encode Image Prompt a negative image, or none.")
+                uncond = [torch.zeros_like(p.features) if u is None else u for u, p in zip(uncond, prompts)]
+            uncond = torch.cat([u.expand(p.count, *u.shape[1:]) for u, p in zip(uncond, prompts)])
+            if all(torch.equal(row, uncond[0]) for row in uncond):
+                uncond = uncond[:1]  # the adapter's own negative everywhere: one row, never merged (as in Encode)
+        try:
+            features = combine_features(features, combine, weights)
+            if combine != "concat":
+                if uncond is not None and uncond.shape[0] > 1:
+                    uncond = combine_features(uncond, combine, weights)
+                weights = torch.ones(1)
+        except ValueError as e:
+            raise NodeInputError(f"{COMBINE_NODE}: {e}.") from None
+        return (make_prompt(prompts[0], features, uncond, weights),)
