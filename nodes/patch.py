@@ -38,6 +38,29 @@ def patch_models(entry, inner):
     return [entry.loaded.patcher] + [m for m in models if m is not entry.loaded.patcher]
 
 
+def window_frames(options, rows):
+    """Which frames of the whole batch a call's `rows` rows per chunk are, under context windows: ([rows] frame
+    indices, total frames); (None, rows) when the call holds the whole batch.
+
+    ComfyUI's own context windows put the window in transformer_options["context_window"] (index_list along
+    `dim`; dim 0 is the batch of an image model); AnimateDiff-Evolved puts ad_params {"sub_idxs", "full_length"}.
+    A window whose length is not the rows of this call is stale (ComfyUI leaves the last one in the options) and
+    ignored."""
+    window = options.get("context_window")
+    if window is not None and getattr(window, "dim", 0) == 0 and len(window.index_list) == rows:
+        total = getattr(window, "total_frames", 0) or max(window.index_list) + 1  # v0.3.x windows have no total
+        return list(window.index_list), total
+    ad_params = options.get("ad_params") or {}
+    if ad_params.get("sub_idxs") is not None and len(ad_params["sub_idxs"]) == rows:
+        return list(ad_params["sub_idxs"]), ad_params.get("full_length") or max(ad_params["sub_idxs"]) + 1
+    return None, rows
+
+
+def by_frame(t, frames):
+    """Rows of `t` ([frames, ...], one per frame of the whole batch) for the frames of this call."""
+    return t if frames is None else t[torch.as_tensor(frames, device=t.device)]
+
+
 class TimestepGate:
     """Inside [start, end]? Decided once per step: ComfyUI passes the same sigmas tensor to every layer and block
     of a step, so the tensor's identity tells a new step, and only then is it read (the one host sync)."""
@@ -92,25 +115,28 @@ class ImagePromptEntry:
         return self._kv[key]
 
     def rows(self, site, q, extra_options):
-        """Per batch chunk: 0 = cond, 1 = uncond (traded at swapped layers); and the rows per chunk."""
+        """Per batch chunk: 0 = cond, 1 = uncond (traded at swapped layers); the rows per chunk; and, per frame, which
+        frames of the whole animation those rows are ([rows] indices, or None for frames 0, 1, ...)."""
         chunks = extra_options.get("cond_or_uncond") or [0]
         if site.index in self.swapped:
             chunks = [1 - c for c in chunks]
         per_chunk = q.shape[0] // len(chunks)
-        if self.per_frame and self.prompt.count not in (1, per_chunk):
+        frames, total = window_frames(extra_options, per_chunk)
+        if self.per_frame and self.prompt.count not in (1, total):
+            windowed = f" (sampled in context windows of {per_chunk})" if frames is not None else ""
             raise NodeInputError(
                 f"Apply IP-Adapter (advanced): per_frame is on with {self.prompt.count} reference images, but the "
-                f"latent batch has {per_chunk} frames. Give one reference image per frame, or turn per_frame off.")
-        return chunks, per_chunk
+                f"latent batch has {total} frames{windowed}. Give one reference image per frame, or turn per_frame off.")
+        return chunks, per_chunk, frames
 
-    def batch_kv(self, site, q, chunks, per_chunk):
+    def batch_kv(self, site, q, chunks, per_chunk, frames=None):
         """K and V for the batch rows: [B, n*T, D] (one softmax over every image), [B, n, T, D] (an attention
         per image, for per-image masks) or [B, T, D] (per frame: row f gets image f)."""
         ip_k, ip_v = self.kv(site, q.device, q.dtype)
 
         def gather(t):  # t: [2, n, T, D]
             if self.per_frame:
-                parts = [t[c].expand(per_chunk, -1, -1) if t.shape[1] == 1 else t[c] for c in chunks]
+                parts = [t[c].expand(per_chunk, -1, -1) if t.shape[1] == 1 else by_frame(t[c], frames) for c in chunks]
             elif self.separate:
                 parts = [t[c:c + 1].expand(per_chunk, -1, -1, -1) for c in chunks]
             else:
@@ -119,15 +145,16 @@ class ImagePromptEntry:
 
         return gather(ip_k), gather(ip_v)
 
-    def row_weight(self, site, q, chunks, per_chunk):
+    def row_weight(self, site, q, chunks, per_chunk, frames=None):
         """The layer's weight, times each frame's weight in per-frame mode: a number or [B, 1, 1]."""
         weight = self.layer_weights[site.index]
         if self.frame_weights is None:
             return weight
-        frames = self.frame_weights.to(q.device, q.dtype).expand(per_chunk)
-        return (weight * frames.repeat(len(chunks))).view(-1, 1, 1)
+        per_frame = self.frame_weights.to(q.device, q.dtype)
+        per_frame = per_frame.expand(per_chunk) if per_frame.shape[0] == 1 else by_frame(per_frame, frames)
+        return (weight * per_frame.repeat(len(chunks))).view(-1, 1, 1)
 
-    def token_mask(self, site, q, extra_options, chunks):
+    def token_mask(self, site, q, extra_options, chunks, frames=None):
         """[1, L, 1], [B, L, 1] (per frame) or [n, L, 1] (per image), resized to this layer's token grid."""
         _, _, height, width = extra_options["original_shape"]
         grid = token_grid(height, width, site.downsample)
@@ -136,18 +163,18 @@ class ImagePromptEntry:
             self._masks[key] = mask_for_tokens(self.mask, grid).to(q.device, q.dtype)
         mask = self._masks[key]
         if self.per_frame and mask.shape[0] > 1:
-            mask = mask.repeat(len(chunks), 1, 1)
+            mask = by_frame(mask, frames).repeat(len(chunks), 1, 1)
         return mask
 
     def image_branch(self, site, q, extra_options):
         """weight * Attn(Q, K_img, V_img), masked; None when this step is outside the timestep range."""
         if not self.gate.active(extra_options):
             return None
-        chunks, per_chunk = self.rows(site, q, extra_options)
-        ip_k, ip_v = self.batch_kv(site, q, chunks, per_chunk)
+        chunks, per_chunk, frames = self.rows(site, q, extra_options)
+        ip_k, ip_v = self.batch_kv(site, q, chunks, per_chunk, frames)
         heads = extra_options["n_heads"]
-        mask = self.token_mask(site, q, extra_options, chunks) if self.mask is not None else None
-        k, v, out_scale = scale_image_kv(ip_k, ip_v, self.row_weight(site, q, chunks, per_chunk), self.kv_scaling,
+        mask = self.token_mask(site, q, extra_options, chunks, frames) if self.mask is not None else None
+        k, v, out_scale = scale_image_kv(ip_k, ip_v, self.row_weight(site, q, chunks, per_chunk, frames), self.kv_scaling,
                                          site.hidden_size)
         if self.separate:  # an attention per image, each under its own mask
             out = 0

@@ -320,6 +320,54 @@ def test_per_frame_prompts_and_weights():
         entry.image_branch(site, torch.randn(8, 40, 64), options((1, 0)))
 
 
+class Window:
+    """What ComfyUI's context windows put in transformer_options["context_window"] (IndexListContextWindow)."""
+
+    def __init__(self, index_list, total_frames, dim=0):
+        self.index_list, self.total_frames, self.dim = index_list, total_frames, dim
+        self.context_length = len(index_list)
+
+
+@pytest.mark.parametrize("how,frames", [("comfyui", [6, 7, 0, 1]), ("comfyui 0.3", [4, 5, 6, 7]),
+                                        ("animatediff", [2, 3, 4, 5])])
+def test_per_frame_follows_the_frames_a_context_window_holds(how, frames):
+    """8 references, 8 frames, a window of 4 (wrapping, as looped schedules do): each row gets its own frame's image,
+    weight and mask, exactly as in the call over the whole batch. ComfyUI 0.3 windows carry no total_frames: the
+    indices tell it."""
+    loaded = loaded_adapter("sd15_base")
+    prompt = prompt_of(loaded, 8)
+    mask = torch.rand(8, 96, 160) + 0.1
+    entry = entry_for(loaded, prompt, 1.5, per_frame=True, frame_weights=torch.linspace(1.0, 0.3, 8), mask=mask)
+    site = loaded.adapter.layers[0]
+    q_full = torch.randn(16, 240, 64)  # uncond frames 0-7, cond frames 0-7
+    full = entry.image_branch(site, q_full, options((1, 0), shape=(16, 4, 12, 20)))
+    rows = frames + [8 + f for f in frames]
+    window_options = options((1, 0), shape=(8, 4, 12, 20))
+    if how == "animatediff":
+        window_options["ad_params"] = {"sub_idxs": frames, "full_length": 8, "context_length": 4}
+    else:
+        window_options["context_window"] = Window(frames, 8 if how == "comfyui" else 0)
+    out = entry.image_branch(site, q_full[rows], window_options)
+    assert torch.allclose(out, full[rows], atol=1e-5)
+
+
+def test_a_stale_or_foreign_window_is_not_followed():
+    """ComfyUI leaves the last window in the options; a window of another length (or along another dim) is not this
+    call's, and the rows are frames 0, 1, ..."""
+    loaded = loaded_adapter("sd15_base")
+    prompt = prompt_of(loaded, 4)
+    entry = entry_for(loaded, prompt, 1.0, per_frame=True)
+    site = loaded.adapter.layers[0]
+    q = torch.randn(8, 40, 64)
+    plain = entry.image_branch(site, q, options((1, 0)))
+    for window in (Window([5, 6], 8), Window([1, 2, 3, 0], 4, dim=2)):
+        assert torch.equal(entry.image_branch(site, q, {**options((1, 0)), "context_window": window}), plain)
+    NodeInputError = pack_module("nodes.common").NodeInputError
+    with pytest.raises(NodeInputError, match=r"per_frame is on with 4 reference images, but the latent batch has 8 "
+                                             r"frames \(sampled in context windows of 4\)"):
+        entry.image_branch(site, q, {**options((1, 0)), "ad_params": {"sub_idxs": [0, 1, 2, 3], "full_length": 8}})
+
+
 def test_precise_layers_swap_cond_and_uncond():
     loaded = loaded_adapter("sdxl_vith")
     prompt = prompt_of(loaded, 1)
