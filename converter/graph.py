@@ -52,13 +52,13 @@ class Workflow:
 
     # --- editing ------------------------------------------------------------------------------------------
 
-    def add_node(self, layout: dict, kind: str, pos, widgets: dict, title=None):
+    def add_node(self, layout: dict, kind: str, pos, widgets: dict, title=None, node_id=None):
         """A node of our pack: `layout` gives its sockets, widget names in the frontend's order and its size."""
         values = dict(zip(layout["widgets"], layout["defaults"]))
         unknown = set(widgets) - set(values)
         assert not unknown, f"{kind} has no widgets {unknown}"
         values.update(widgets)
-        node_id = max(self.nodes, default=0) + 1
+        node_id = node_id if node_id is not None else max(self.nodes, default=0) + 1
         node = {
             "id": node_id, "type": kind, "pos": [float(pos[0]), float(pos[1])], "size": list(layout["size"]),
             "flags": {}, "order": len(self.nodes), "mode": 0,
@@ -70,6 +70,7 @@ class Workflow:
             node["title"] = title
         self.nodes[node_id] = node
         self.data["nodes"].append(node)
+        self.data["nodes"].sort(key=lambda n: n["id"])
         return node
 
     def connect(self, source, target, name, widget_type=None):

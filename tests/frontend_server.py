@@ -19,6 +19,17 @@ from aiohttp import web
 # image previews of LoadImage nodes (with a random query): the stand-in has no images and answers 404
 UNRECORDED = {"/api/view"}
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "frontend_recording.json")
+WEB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "web")  # the pack's extension files
+CONVERT_ROUTE = "/ipadapter_dca/convert"
+
+
+def own_extension_file(path):
+    """The pack's web/ file a /extensions/<pack folder>/<file> request asks for, or None."""
+    parts = path.split("/")
+    if len(parts) == 4 and parts[1] == "extensions" and parts[2] != "core":
+        file = os.path.join(WEB, parts[3])
+        return file if os.path.isfile(file) else None
+    return None
 
 
 def frontend_static_dir():
@@ -62,12 +73,23 @@ class StandinServer:
             file = os.path.normpath(os.path.join(self.static, request.path.lstrip("/")))
             if file.startswith(self.static + os.sep) and os.path.isfile(file):
                 return web.FileResponse(file)
+            if own_extension_file(request.path):
+                return web.FileResponse(own_extension_file(request.path))
         elif request.method == "POST" and request.path.startswith("/api/settings/"):
             self.settings[request.path.rsplit("/", 1)[1]] = await request.json()
             return web.json_response({})
+        elif request.method == "POST" and request.path == CONVERT_ROUTE:
+            return await self.convert_route(request)
         if request.path not in UNRECORDED:
             self.unrecorded.append(f"{request.method} {key}")
         return web.Response(status=404)
+
+    @staticmethod
+    async def convert_route(request):
+        """The pack's own route handler, run against the stand-in host (its models folders are empty)."""
+        from standin_host import pack_module
+
+        return await pack_module("nodes.convert_route").convert(request)
 
     async def _websocket(self, request):
         ws = web.WebSocketResponse()
@@ -124,6 +146,8 @@ def recording_from_responses(responses, base_url, keep_classes, comfyui_version)
         if response.request.method != "GET" or not response.url.startswith(base_url) or url.path == "/":
             continue
         if os.path.isfile(os.path.join(static, url.path.lstrip("/"))) or url.path in UNRECORDED:
+            continue
+        if own_extension_file(url.path):  # the pack's own scripts: served from web/, not recorded
             continue
         key = url.path + (f"?{url.query}" if url.query else "")
         body = None

@@ -132,3 +132,22 @@ def check_workflow(workflow, defs, frontend):
         if link_id not in nodes[src]["outputs"][src_slot].get("links", []):
             problems.append(f"link {link_id}: not listed on the output of node {src}")
     return problems
+
+
+def api_prompt(workflow, defs, frontend):
+    """The API prompt a UI-format workflow queues, read the way the frontend reads it: each node's widget values by
+    the recorded widget order, then its links. Nodes the frontend alone has (notes) are not sent."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        declared = {name for name, _, _, _ in defs[node["type"]]["inputs"]}
+        names = frontend[node["type"]]["widgets_values"]
+        inputs = {n: v for n, v in zip(names, node.get("widgets_values") or []) if n in declared}
+        for inp in node.get("inputs", []):
+            if inp.get("link") is not None:
+                _, src, src_slot, _, _, _ = links[inp["link"]]
+                inputs[inp["name"]] = [str(src), src_slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt

@@ -19,8 +19,8 @@ CORE_NODES = ["CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "EmptyLate
               "SaveImage", "LoadImage", "CLIPVisionLoader", "LoraLoader", "ControlNetLoader", "ControlNetApplyAdvanced",
               "SetLatentNoiseMask", "LoadImageMask", "ImageBatch", "UNETLoader", "DualCLIPLoader", "VAELoader",
               "FluxGuidance", "EmptySD3LatentImage", "TripleCLIPLoader"]
-OUR_NODES = ["LoadIPAdapter", "EncodeImagePrompt", "ApplyIPAdapter", "ApplyIPAdapterAdvanced",
-             "ApplyIPAdapterStyleComposition", "SaveImagePrompt", "LoadImagePrompt"]
+OUR_NODES = ["LoadIPAdapter", "LoadIPAdapterAndEncoder", "EncodeImagePrompt", "CombineImagePrompts", "ApplyIPAdapter",
+             "ApplyIPAdapterAdvanced", "ApplyIPAdapterStyleComposition", "SaveImagePrompt", "LoadImagePrompt"]
 WORKFLOWS = sorted(glob.glob(os.path.join(PACK_DIR, "workflows", "*.json")))
 
 
@@ -42,7 +42,7 @@ def real_definitions():
 
 
 FILE_COMBOS = {"ckpt_name", "clip_name", "lora_name", "control_net_name", "ipadapter_file", "image", "prompt_file",
-               "unet_name", "clip_name1", "clip_name2", "clip_name3", "vae_name"}
+               "unet_name", "clip_name1", "clip_name2", "clip_name3", "vae_name", "clip_vision"}
 
 
 def without_choices(defs):
