@@ -402,32 +402,40 @@ class Converter:
     # --- the whole graph ----------------------------------------------------------------------------------
 
     def run(self):
-        nodes = lambda kinds: [n for n in list(self.wf.nodes.values()) if n["type"] in kinds]  # noqa: E731
+        """Loaders first, then what makes image prompts, then the apply nodes that use them, then what saves them."""
+        def nodes(kinds):
+            return [n for n in list(self.wf.nodes.values()) if n["type"] in kinds]
+
         for node in nodes(LOADERS):
             self.convert_loader(node)
-        steps = [({"IPAdapterEncoder"}, self.convert_encoder, True), ({"IPAdapterLoadEmbeds"}, None, False),
-                 ({"IPAdapterCombineEmbeds"}, None, False), (IMAGE_APPLY, self.convert_image_apply, True),
-                 (STYLE_COMPOSITION, self.convert_style_composition, True),
-                 (EMBEDS_APPLY, self.convert_embeds_apply, True), ({"IPAdapterSaveEmbeds"}, None, False)]
-        for kinds, convert, needs_loader in steps:
-            for node in nodes(kinds):
-                if node["type"] == "IPAdapterLoadEmbeds":
-                    self.convert_load_embeds(node)
-                elif node["type"] == "IPAdapterCombineEmbeds":
-                    self.convert_combine(node)
-                elif node["type"] == "IPAdapterSaveEmbeds":
-                    self.convert_save_embeds(node)
-                else:
-                    loader = self.loader_of(node)
-                    if loader is None:
-                        self.report.left.append(f"{label(node)}: its ipadapter does not come from an IP-Adapter "
-                                                "loader that could be converted")
-                        continue
-                    convert(node, loader)
+        for node in nodes({"IPAdapterEncoder"}) + nodes(IMAGE_APPLY | STYLE_COMPOSITION):
+            loader = self.loader_of(node)
+            if loader is None:
+                self.report.left.append(f"{label(node)}: its ipadapter does not come from an IP-Adapter loader that "
+                                        "could be converted")
+            elif node["type"] == "IPAdapterEncoder":
+                self.convert_encoder(node, loader)
+            elif node["type"] in STYLE_COMPOSITION:
+                self.convert_style_composition(node, loader)
+            else:
+                self.convert_image_apply(node, loader)
+        for node in nodes({"IPAdapterLoadEmbeds"}):
+            self.convert_load_embeds(node)
+        for node in nodes({"IPAdapterCombineEmbeds"}):
+            self.convert_combine(node)
+        for node in nodes(EMBEDS_APPLY):
+            loader = self.loader_of(node)
+            if loader is None:
+                self.report.left.append(f"{label(node)}: its ipadapter does not come from an IP-Adapter loader that "
+                                        "could be converted")
+            else:
+                self.convert_embeds_apply(node, loader)
+        for node in nodes({"IPAdapterSaveEmbeds"}):
+            self.convert_save_embeds(node)
         for node in self.wf.nodes.values():
             if node["type"] in WHY_LEFT:
                 self.report.left.append(f"{label(node)}: {WHY_LEFT[node['type']]}")
-            elif node["type"] in WIDGETS and node["type"] not in CONVERTIBLE:
+            elif node["type"] in WIDGETS and node["type"] not in CONVERTIBLE:  # those said why already
                 self.report.left.append(f"{label(node)}: no counterpart here")
 
 
