@@ -100,6 +100,8 @@ class Converter:
         pos, node_id = node["pos"], node["id"]
         self.wf.remove_node(node)
         new = self.wf.add_node(ours.LAYOUT[kind], kind, pos, widgets, node_id=node_id, title=node.get("title"))
+        # ours may be larger than theirs: it stays where it was unless it would then cover a neighbour
+        new["pos"] = self.wf.free_spot(pos, new["size"], exclude=new, directions=("here", "below", "right", "above"))
         for name, source in inputs.items():
             if source is not None:
                 self.wf.connect(source, new, name)

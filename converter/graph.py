@@ -117,10 +117,10 @@ class Workflow:
 
     # --- room on the canvas -------------------------------------------------------------------------------
 
-    def free_spot(self, near, size, avoid=()):
-        """A position close to `near` (left of it first, then above, then below) where a node of `size` overlaps
-        no node. `avoid` adds rectangles [x, y, w, h] to keep clear of."""
-        boxes = [(n["pos"][0], n["pos"][1], *n.get("size", [200, 100])) for n in self.nodes.values()] + list(avoid)
+    def free_spot(self, near, size, exclude=None, directions=("left", "above", "below")):
+        """A position close to `near`, stepping out in `directions` in turn ("here" tries `near` itself), where a
+        node of `size` overlaps no node but `exclude`."""
+        boxes = [(n["pos"][0], n["pos"][1], *n.get("size", [200, 100])) for n in self.nodes.values() if n is not exclude]
         title = 30  # the title bar sits above pos
 
         def clear(x, y):
@@ -128,11 +128,16 @@ class Workflow:
                        or by + bh + GAP <= y - title for bx, by, bw, bh in boxes)
 
         x0, y0 = near
-        for step in range(0, 60):
-            for x, y in ((x0 - size[0] - 2 * GAP - step * 40, y0), (x0, y0 - size[1] - 2 * GAP - step * 40),
-                         (x0, y0 + step * 40)):
-                if clear(x, y):
-                    return [x, y]
+        moves = {"here": lambda step: (x0, y0) if step == 0 else None,
+                 "left": lambda step: (x0 - size[0] - 2 * GAP - step * 40, y0),
+                 "right": lambda step: (x0 + step * 40, y0),
+                 "above": lambda step: (x0, y0 - size[1] - 2 * GAP - step * 40),
+                 "below": lambda step: (x0, y0 + step * 40)}
+        for step in range(60):
+            for direction in directions:
+                spot = moves[direction](step)
+                if spot is not None and clear(*spot):
+                    return [spot[0], spot[1]]
         bottom = max((by + bh for _, by, _, bh in boxes), default=0)
         return [x0, bottom + 2 * GAP + title]
 

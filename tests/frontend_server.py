@@ -78,7 +78,7 @@ class StandinServer:
         elif request.method == "POST" and request.path.startswith("/api/settings/"):
             self.settings[request.path.rsplit("/", 1)[1]] = await request.json()
             return web.json_response({})
-        elif request.method == "POST" and request.path == CONVERT_ROUTE:
+        elif request.method == "POST" and request.path in (CONVERT_ROUTE, "/api" + CONVERT_ROUTE):  # ComfyUI serves both
             return await self.convert_route(request)
         if request.path not in UNRECORDED:
             self.unrecorded.append(f"{request.method} {key}")

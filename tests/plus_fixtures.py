@@ -60,9 +60,10 @@ out = bw.out
 SD15, VIT_H = bw.SD15, bw.VIT_H
 
 
-def base(g, ckpt=SD15, text="a portrait"):
+def base(g, ckpt=SD15, text="a portrait", reference=True):
     n = {"checkpoint": g.add("CheckpointLoaderSimple", "models", {"ckpt_name": ckpt})}
-    n["reference"] = g.add("LoadImage", "images", {"image": "reference.png"})
+    if reference:
+        n["reference"] = g.add("LoadImage", "images", {"image": "reference.png"})
     n["positive"] = g.add("CLIPTextEncode", "encode", {"text": text}, clip=out(n["checkpoint"], 1))
     n["negative"] = g.add("CLIPTextEncode", "encode", {"text": bw.NEGATIVE}, clip=out(n["checkpoint"], 1))
     return n
@@ -136,7 +137,7 @@ def batch_and_layers():
 def load_embeds():
     """Embeds loaded from a .ipadpt file (a pickle, never opened here)."""
     g = bw.Graph()
-    n = base(g)
+    n = base(g, reference=False)
     loader = g.add("IPAdapterModelLoader", "models", {"ipadapter_file": "ip-adapter_sd15.safetensors"})
     embeds = g.add("IPAdapterLoadEmbeds", "encode", {"embeds": "IP_embeds_00001_.ipadpt"})
     apply = g.add("IPAdapterEmbeds", "apply", {"weight": 1.0}, model=out(n["checkpoint"]), ipadapter=out(loader),

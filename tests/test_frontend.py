@@ -15,7 +15,7 @@ import sys
 import tempfile
 
 import pytest
-from frontend_browser import Frontend, check_in_frontend, chromium_path
+from frontend_browser import Frontend, check_in_frontend, chromium_path, prompt_differences, run_canvas_command
 from workflow_format import FRONTEND_ONLY, load_definitions, load_frontend_nodes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,3 +134,60 @@ def test_check_catches_overlaps_as_drawn_and_a_missing_node(frontend, tmp_path):
     assert "node 99: type IPAdapterAdvanced is missing in the frontend" in found, found
     assert "node 99: not meant" in found, found
     assert "This workflow has missing nodes" in found, found
+
+
+# --- graphs converted from ComfyUI_IPAdapter_plus -----------------------------------------------------------
+
+CONVERT_LABEL, CONVERT_COMMAND = "Convert IPAdapter Plus nodes", "IPAdapterDCA.ConvertPlusNodes"
+
+
+def converted_fixture(name, files=None):
+    from plus_fixtures import fixture
+    from workflow_format import api_prompt
+
+    from converter import convert_workflow
+
+    workflow, report = convert_workflow(fixture(name), files)
+    return workflow, report, api_prompt(workflow, load_definitions(), load_frontend_nodes())
+
+
+@pytest.mark.parametrize("name", ["plus_advanced_model_loader", "plus_batch_and_layers", "plus_embeds_pipeline",
+                                  "plus_load_embeds", "plus_style_composition_sdxl", "plus_unified_simple"])
+def test_converted_workflow_in_the_real_frontend(name, frontend, server, tmp_path):
+    workflow, _, intended = converted_fixture(name)
+    path = tmp_path / f"{name}_converted.json"
+    path.write_text(json.dumps(workflow))
+    problems, report = check_in_frontend(frontend, str(path), intended, SCREENSHOTS, layout=False)
+    assert problems == [], f"{name} converted, in the frontend (screenshot {report.get('screenshot')}):\n" + "\n".join(problems)
+
+
+def test_nodes_left_in_place_are_the_only_missing_ones(frontend, tmp_path):
+    workflow, report, _ = converted_fixture("plus_faceid_and_noise")
+    path = tmp_path / "plus_faceid_and_noise_converted.json"
+    path.write_text(json.dumps(workflow))
+    frontend.drop_workflow(str(path))
+    nodes = frontend.inspect()["nodes"]
+    missing = sorted(n["type"] for n in nodes if not n["registered"])
+    assert missing == ["IPAdapterFaceID", "IPAdapterNoise", "IPAdapterUnifiedLoaderFaceID"]
+    assert len(report.left) == 3
+
+
+def test_the_canvas_command_converts_the_open_graph(frontend, server, tmp_path):
+    """A user opens a ComfyUI_IPAdapter_plus workflow (its nodes are missing), right-clicks the canvas and picks
+    the command: the graph becomes the converted one, as the command line converts the same file."""
+    from plus_fixtures import fixture
+    from standin_host import folder_paths  # the stand-in host the route runs in
+
+    path = tmp_path / "plus_unified_simple.json"
+    path.write_text(json.dumps(fixture("plus_unified_simple")))
+    frontend.drop_workflow(str(path))
+    assert any(not n["registered"] for n in frontend.inspect()["nodes"])
+    result = run_canvas_command(frontend, CONVERT_LABEL, CONVERT_COMMAND,
+                                "() => window.app.graph._nodes.some(n => n.type === 'LoadIPAdapterAndEncoder')")
+    assert result == {"registered": True, "found": True}
+    report = frontend.inspect()
+    _, _, intended = converted_fixture("plus_unified_simple", {"ipadapter": folder_paths.get_filename_list("ipadapter")})
+    assert prompt_differences(report["output"], intended) == []
+    assert all(n["registered"] for n in report["nodes"]) and report["dialogs"] == []
+    assert any(n["text"] and n["text"].startswith("Converted from ComfyUI_IPAdapter_plus") for n in report["nodes"])
+    assert server.unrecorded == []

@@ -136,11 +136,12 @@ def check_workflow(workflow, defs, frontend):
 
 def api_prompt(workflow, defs, frontend):
     """The API prompt a UI-format workflow queues, read the way the frontend reads it: each node's widget values by
-    the recorded widget order, then its links. Nodes the frontend alone has (notes) are not sent."""
+    the recorded widget order, then its links. Nodes the frontend alone has (notes) are not sent, nor nodes of
+    types it does not know (check_workflow reports those)."""
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
-        if node["type"] in FRONTEND_ONLY:
+        if node["type"] in FRONTEND_ONLY or node["type"] not in defs:
             continue
         declared = {name for name, _, _, _ in defs[node["type"]]["inputs"]}
         names = frontend[node["type"]]["widgets_values"]

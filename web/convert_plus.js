@@ -18,9 +18,14 @@ export async function convertOpenGraph() {
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ workflow: app.graph.serialize() }),
   });
-  const answer = await response.json();
-  if (!response.ok) {
-    toast("error", answer.error ?? `the server answered ${response.status}`);
+  let answer;
+  try {
+    answer = await response.json();
+  } catch {
+    answer = {};
+  }
+  if (!response.ok || !answer.workflow) {
+    toast("error", answer.error ?? `the server answered ${response.status}: is the IP-Adapter DCA pack loaded?`);
     return answer;
   }
   const { converted, approximated, left } = answer.report;

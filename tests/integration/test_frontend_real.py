@@ -95,6 +95,58 @@ def test_workflow_in_the_real_frontend_and_server(name, frontend, server):
     assert missing == named, f"{name}: validation should report every file the workflow names as missing"
 
 
+CONVERTED = ["plus_advanced_model_loader", "plus_batch_and_layers", "plus_embeds_pipeline", "plus_load_embeds",
+             "plus_style_composition_sdxl", "plus_unified_simple"]
+
+
+def converted_fixture(name, files=None):
+    from plus_fixtures import fixture
+    from workflow_format import api_prompt, load_definitions, load_frontend_nodes
+
+    from converter import convert_workflow
+
+    workflow, _ = convert_workflow(fixture(name), files)
+    return workflow, api_prompt(workflow, load_definitions(), load_frontend_nodes())
+
+
+@pytest.mark.parametrize("name", CONVERTED)
+def test_converted_workflow_in_the_real_frontend_and_server(name, frontend, server, tmp_path):
+    """A ComfyUI_IPAdapter_plus workflow converted: the real frontend loads it as meant, and the real server's
+    validation finds nothing wrong but the files that are not installed."""
+    from frontend_browser import check_in_frontend
+
+    workflow, intended = converted_fixture(name)
+    path = tmp_path / f"{name}_converted.json"
+    path.write_text(json.dumps(workflow))
+    problems, report = check_in_frontend(frontend, str(path), intended, SCREENSHOTS, layout=False)
+    assert problems == [], f"{name} converted, in the frontend:\n" + "\n".join(problems)
+    status, answer = server.post_prompt(report["output"])
+    problems, missing = validation_problems(status, answer, report["output"])
+    assert problems == [], f"{name} converted: the server's validation:\n" + "\n".join(problems)
+    named = {(node_id, k) for node_id, node in intended.items() for k in node["inputs"]
+             if k in FILE_INPUTS or (k == "image" and node["class_type"] in IMAGE_NODES)}
+    assert missing == named
+
+
+def test_the_canvas_command_converts_through_the_real_server(frontend, server, tmp_path):
+    """The command in the canvas menu sends the open graph to the pack's route on the real server and loads the
+    answer: the same graph the command line makes from the same file with the same models folder."""
+    from frontend_browser import prompt_differences, run_canvas_command
+    from plus_fixtures import fixture
+
+    path = tmp_path / "plus_advanced_model_loader.json"
+    path.write_text(json.dumps(fixture("plus_advanced_model_loader")))
+    frontend.drop_workflow(str(path))
+    result = run_canvas_command(frontend, "Convert IPAdapter Plus nodes", "IPAdapterDCA.ConvertPlusNodes",
+                                "() => window.app.graph._nodes.some(n => n.type === 'LoadIPAdapterAndEncoder')")
+    assert result == {"registered": True, "found": True}
+    report = frontend.inspect()
+    files = server.get_json("/api/object_info")["LoadIPAdapter"]["input"]["required"]["ipadapter_file"][0]
+    _, intended = converted_fixture("plus_advanced_model_loader", {"ipadapter": files})
+    assert prompt_differences(report["output"], intended) == []
+    assert all(n["registered"] for n in report["nodes"]) and report["dialogs"] == []
+
+
 def test_frontend_nodes_fixture_matches_the_real_frontend(frontend):
     from workflow_format import load_frontend_nodes
 

@@ -259,3 +259,32 @@ def test_workflow_runs_with_synthetic_weights(path, model_files, executor):
     executor.execute(prompt, "run", {}, outputs)
     errors = [data for event, data in executor.status_messages if event == "execution_error"]
     assert executor.success, errors
+
+
+CONVERTED_RUNS = ["plus_advanced_model_loader", "plus_batch_and_layers", "plus_embeds_pipeline", "plus_unified_simple"]
+
+
+@pytest.mark.parametrize("name", CONVERTED_RUNS)
+def test_converted_plus_workflow_runs_with_synthetic_weights(name, model_files, executor):
+    """A ComfyUI_IPAdapter_plus workflow (tests/plus_fixtures.py), converted as the canvas command converts it on
+    this server (presets resolved against models/ipadapter), then run as ComfyUI runs it. The image encoder is
+    found in models/clip_vision by content."""
+    import execution
+    import folder_paths
+    from plus_fixtures import fixture
+    from workflow_format import api_prompt
+
+    from converter import convert_workflow
+
+    make_room(executor, "other")
+    workflow, report = convert_workflow(fixture(name), {"ipadapter": folder_paths.get_filename_list("ipadapter")})
+    assert report.left == []
+    assert check_workflow(workflow, real_definitions(), load_frontend_nodes()) == []
+    prompt = api_prompt(workflow, real_definitions(), load_frontend_nodes())
+    assert not any(node["class_type"].startswith("IPAdapter") for node in prompt.values())
+    input_images(prompt)
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("run", prompt, None))
+    assert valid, (error, node_errors)
+    executor.execute(prompt, "run", {}, outputs)
+    errors = [data for event, data in executor.status_messages if event == "execution_error"]
+    assert executor.success, errors
