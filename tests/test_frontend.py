@@ -191,3 +191,17 @@ def test_the_canvas_command_converts_the_open_graph(frontend, server, tmp_path):
     assert all(n["registered"] for n in report["nodes"]) and report["dialogs"] == []
     assert any(n["text"] and n["text"].startswith("Converted from ComfyUI_IPAdapter_plus") for n in report["nodes"])
     assert server.unrecorded == []
+
+
+def test_the_encoder_choice_is_shown_on_the_loader_after_a_run(frontend):
+    """What Load IP-Adapter + Encoder reports (its 'ui' text) reaches the node as the frontend delivers a run's
+    output, and is drawn, not saved."""
+    frontend.clear()
+    state = frontend.page.evaluate("""async () => {
+      const node = LiteGraph.createNode('LoadIPAdapterAndEncoder');
+      window.app.graph.add(node);
+      node.onExecuted({text: ['encoder: model.safetensors (ViT-H/14, found by content)']});
+      window.app.canvas.draw(true, true);
+      return {shown: node.ipaEncoderChoice, saved: JSON.stringify(node.serialize()).includes('found by content')};
+    }""")
+    assert state == {"shown": "encoder: model.safetensors (ViT-H/14, found by content)", "saved": False}
