@@ -303,6 +303,8 @@ MESSAGES = [  # the fixed part of every message the nodes raise, as README's tro
     "per_frame and frame_weights are for SD1.5/SDXL batches", "with Flux give one mask",
     "InstantStyle's style and composition blocks are SD1.5/SDXL UNet layers", "with SD3.5 give one mask",
     "not SD3.5-Large", "It needs SD3.5-Large",
+    "and no file in ComfyUI/models/clip_vision is one", "is not a vision model ComfyUI can load",
+    "image prompts only combine for the same adapter", "some of these image prompts have a negative image and some do not",
 ]
 
 
