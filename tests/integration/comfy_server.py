@@ -27,8 +27,9 @@ def free_port():
 class ComfyServer:
     """`with ComfyServer(comfyui_path) as server:` ... `server.url`; the process is stopped on exit."""
 
-    def __init__(self, comfyui_path, python=sys.executable):
+    def __init__(self, comfyui_path, python=sys.executable, other_packs=None):
         self.comfyui_path = os.path.abspath(comfyui_path)
+        self.other_packs = other_packs or {}  # custom_nodes folder name -> checkout, linked beside this pack
         self.python = os.path.abspath(python) if os.sep in python else python
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -37,6 +38,8 @@ class ComfyServer:
         self.base = tempfile.mkdtemp(prefix="comfy-real-server-")
         os.makedirs(os.path.join(self.base, "custom_nodes"))
         os.symlink(PACK_DIR, os.path.join(self.base, "custom_nodes", "ipadapter-dca"))
+        for name, path in self.other_packs.items():
+            os.symlink(os.path.abspath(path), os.path.join(self.base, "custom_nodes", name))
         settings_dir = os.path.join(self.base, "user", "default")
         os.makedirs(settings_dir)
         with open(os.path.join(settings_dir, "comfy.settings.json"), "w") as f:
