@@ -7,6 +7,7 @@ from torch import nn
 
 from .checkpoint import read_state_dict
 from .detect import AdapterSpec, describe
+from .faceid import faceid_adapter_from_state_dict, is_faceid_adapter
 from .flux import flux_adapter_from_state_dict, is_flux_adapter
 from .sd3 import is_sd3_adapter, sd3_adapter_from_state_dict
 from .layers import LAYERS
@@ -39,13 +40,16 @@ class IPAdapter(nn.Module):
         return LAYERS[self.spec.family]
 
 
-def adapter_from_state_dict(state_dict: dict, name: str = "state dict") -> IPAdapter:
+def adapter_from_state_dict(state_dict: dict, name: str = "state dict", path: str | None = None) -> IPAdapter:
     """Build the adapter around the given tensors without copying them (they keep the file's dtypes).
-    The family is told from the tensors: SD3.5 and Flux layouts first, then SD1.5 / SDXL."""
+    The family is told from the tensors: SD3.5, Flux and FaceID layouts first, then SD1.5 / SDXL. `path` (the file)
+    lets FaceID tell v1 from v2 by the file's size and hash."""
     if is_sd3_adapter(state_dict):
         return sd3_adapter_from_state_dict(state_dict, name)
     if is_flux_adapter(state_dict):
         return flux_adapter_from_state_dict(state_dict, name)
+    if is_faceid_adapter(state_dict):
+        return faceid_adapter_from_state_dict(state_dict, name, path)
     spec = describe(state_dict, name)
     adapter = IPAdapter(spec, device="meta")
     flat = {f"{part}.{k}": v for part in ("image_proj", "ip_adapter") for k, v in state_dict[part].items()}
@@ -54,7 +58,7 @@ def adapter_from_state_dict(state_dict: dict, name: str = "state dict") -> IPAda
 
 
 def load_adapter(path: str) -> IPAdapter:
-    return adapter_from_state_dict(read_state_dict(path), os.path.basename(path))
+    return adapter_from_state_dict(read_state_dict(path), os.path.basename(path), path)
 
 
 POOLED = ("image_embeds", "siglip_pooled")  # one vector per image; the other outputs are token sequences

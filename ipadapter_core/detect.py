@@ -108,17 +108,6 @@ def _what_is_it(sd) -> str:
 
 
 def _reject_unsupported(proj, ip, name):
-    faceid = (
-        "0.to_q_lora.down.weight" in ip
-        or "perceiver_resampler.proj_in.weight" in proj
-        or ("norm.weight" in proj and "proj.2.weight" in proj and "proj.3.weight" not in proj)
-        or ("proj_in.weight" in proj and proj["proj_in.weight"].shape[1] == 512)
-    )
-    if faceid:
-        raise AdapterFileError(
-            f"IP-Adapter file '{name}' is a FaceID adapter. FaceID needs InsightFace face embeddings, which this "
-            "pack does not support yet. Use a CLIP-based adapter such as ip-adapter-plus-face_sd15 instead."
-        )
     if "proj_in.weight" in proj and proj["proj_in.weight"].shape[1] == 1024:
         raise AdapterFileError(
             f"IP-Adapter file '{name}' is a Kolors adapter (CLIP ViT-L/336 input); Kolors is not supported yet."

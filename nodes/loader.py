@@ -52,6 +52,11 @@ def load_cached(path: str) -> LoadedAdapter:
     if hit and hit[0] == mtime:
         return hit[1]
     adapter = load_adapter(path)
+    if adapter.spec.projection == "faceid":  # recognised by the core; its face nodes are not built yet
+        raise AdapterFileError(
+            f"'{os.path.basename(path)}' is a FaceID adapter ({adapter.spec.label}). FaceID needs InsightFace face "
+            "embeddings and this pack's face nodes, which are not ready yet. Use a CLIP-based adapter such as "
+            "ip-adapter-plus-face_sd15 instead.")
     patcher = comfy.model_patcher.ModelPatcher(
         adapter,
         load_device=comfy.model_management.get_torch_device(),

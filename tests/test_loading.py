@@ -167,18 +167,17 @@ def test_non_adapter_files_are_named_and_explained(tmp_path, name, keys, message
     assert "16 (SD1.5) or 70 (SDXL)" in text  # says what a valid file looks like
 
 
-def test_faceid_is_rejected_with_reason(tmp_path):
-    nested = make_checkpoint("sd15_base")
-    nested["image_proj"] = {
-        "proj.0.weight": torch.zeros(1024, 512), "proj.0.bias": torch.zeros(1024),
-        "proj.2.weight": torch.zeros(3072, 1024), "proj.2.bias": torch.zeros(3072),
-        "norm.weight": torch.zeros(768), "norm.bias": torch.zeros(768),
-    }
-    nested["ip_adapter"]["0.to_q_lora.down.weight"] = torch.zeros(128, 320)
-    path = tmp_path / "ip-adapter-faceid_sd15.bin"
-    torch.save(nested, path)
-    with pytest.raises(AdapterFileError, match="'ip-adapter-faceid_sd15.bin' is a FaceID adapter.*InsightFace"):
-        load_adapter(str(path))
+def test_faceid_files_load_from_bin_and_safetensors(tmp_path):
+    """The released FaceID files are .bin (torch.save of the nested dict); a .safetensors conversion loads too."""
+    from synthetic_faceid import make_faceid_checkpoint
+
+    nested = make_faceid_checkpoint("sd15_faceid", rank=4)
+    torch.save(nested, tmp_path / "ip-adapter-faceid_sd15.bin")
+    save_file(flatten(nested), str(tmp_path / "ip-adapter-faceid_sd15.safetensors"))
+    for name in ("ip-adapter-faceid_sd15.bin", "ip-adapter-faceid_sd15.safetensors"):
+        adapter = load_adapter(str(tmp_path / name))
+        assert (adapter.spec.variant, adapter.spec.lora_rank, len(adapter.lora)) == ("faceid", 4, 256)
+        assert torch.equal(adapter.lora["31.to_out_lora.up.weight"], nested["ip_adapter"]["31.to_out_lora.up.weight"])
 
 
 def test_missing_layers_are_listed():
