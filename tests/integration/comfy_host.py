@@ -53,7 +53,9 @@ def boot():
 def pack_module(name):
     """A submodule of the pack as ComfyUI imported it (e.g. 'nodes.apply')."""
     boot()
-    return sys.modules[PACK_DIR.replace(".", "_x_") + "." + name]
+    import importlib
+
+    return importlib.import_module(PACK_DIR.replace(".", "_x_") + "." + name)  # loaded already, or now
 
 
 def unet_config(layout, channels=64):
