@@ -11,16 +11,7 @@ from .faceid import faceid_adapter_from_state_dict, is_faceid_adapter
 from .flux import flux_adapter_from_state_dict, is_flux_adapter
 from .sd3 import is_sd3_adapter, sd3_adapter_from_state_dict
 from .layers import LAYERS
-from .projection import build_projection, run_projection
-
-
-class IPLayer(nn.Module):
-    """The image K/V projections added to one cross-attention layer: [D, C] each, no bias."""
-
-    def __init__(self, cross_attention_dim: int, hidden_size: int):
-        super().__init__()
-        self.to_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
-        self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
+from .projection import IPLayer, build_projection, run_projection
 
 
 class IPAdapter(nn.Module):

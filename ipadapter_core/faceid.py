@@ -26,7 +26,7 @@ from torch import nn
 from .checkpoint import AdapterFileError
 from .detect import FAMILIES, FAMILY_NAMES, VIT_H_HIDDEN, ImageEncoder
 from .layers import LAYERS
-from .projection import PerceiverAttention, Resampler, feed_forward
+from .projection import IPLayer, PerceiverAttention, Resampler, feed_forward
 
 FACE_NORMED = ImageEncoder("InsightFace buffalo_l (ArcFace w600k_r50)", "face_normed", 512, "buffalo_l")
 FACE_RAW = ImageEncoder("InsightFace buffalo_l (ArcFace w600k_r50)", "face_raw", 512, "buffalo_l")
@@ -221,13 +221,6 @@ def build_faceid_projection(spec: FaceIDSpec, device=None) -> nn.Module:
         return FaceIDMLP(spec.cross_attention_dim, spec.num_tokens)
 
 
-class FaceIDIPLayer(nn.Module):
-    def __init__(self, cross_attention_dim: int, hidden_size: int):
-        super().__init__()
-        self.to_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
-        self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
-
-
 class FaceIDAdapter(nn.Module):
     """The projection and the per-layer to_k_ip / to_v_ip, like IPAdapter; the file's LoRA stays plain tensors in
     `lora` ({"N.to_q_lora.down.weight": tensor, ...}): it patches the UNet's own weights, it is no module."""
@@ -237,7 +230,7 @@ class FaceIDAdapter(nn.Module):
         self.spec = spec
         self.image_proj = build_faceid_projection(spec, device)
         with torch.device(device or "cpu"):
-            self.ip_adapter = nn.ModuleDict({str(s.index): FaceIDIPLayer(spec.cross_attention_dim, s.hidden_size)
+            self.ip_adapter = nn.ModuleDict({str(s.index): IPLayer(spec.cross_attention_dim, s.hidden_size)
                                              for s in LAYERS[spec.family]})
         self.lora = {}
 

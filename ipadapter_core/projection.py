@@ -98,6 +98,15 @@ class Resampler(nn.Module):
         return self.norm_out(self.proj_out(latents))
 
 
+class IPLayer(nn.Module):
+    """The image K/V projections added to one cross-attention layer: [D, C] each, no bias."""
+
+    def __init__(self, cross_attention_dim: int, hidden_size: int):
+        super().__init__()
+        self.to_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
+        self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
+
+
 def build_projection(spec, device=None) -> nn.Module:
     """An untrained projection model shaped for `spec` (an `AdapterSpec`)."""
     with torch.device(device or "cpu"):

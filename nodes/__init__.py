@@ -1,5 +1,6 @@
 """ComfyUI nodes of the pack: thin glue between ComfyUI's objects and ipadapter_core."""
 
+from ..converter.ours import DISPLAY
 from .apply import ApplyIPAdapter, ApplyIPAdapterAdvanced, ApplyIPAdapterStyleComposition
 from .encode import CombineImagePrompts, EncodeImagePrompt
 from .loader import LoadIPAdapter, LoadIPAdapterAndEncoder, register_model_folder
@@ -18,14 +19,5 @@ NODE_CLASS_MAPPINGS = {
     "SaveImagePrompt": SaveImagePrompt,
     "LoadImagePrompt": LoadImagePrompt,
 }
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "LoadIPAdapter": "Load IP-Adapter",
-    "LoadIPAdapterAndEncoder": "Load IP-Adapter + Encoder",
-    "EncodeImagePrompt": "Encode Image Prompt",
-    "CombineImagePrompts": "Combine Image Prompts",
-    "ApplyIPAdapter": "Apply IP-Adapter",
-    "ApplyIPAdapterAdvanced": "Apply IP-Adapter (advanced)",
-    "ApplyIPAdapterStyleComposition": "Apply IP-Adapter Style & Composition",
-    "SaveImagePrompt": "Save Image Prompt",
-    "LoadImagePrompt": "Load Image Prompt",
-}
+# the converter writes these nodes too and keeps their names beside their layout (converter/ours.py)
+NODE_DISPLAY_NAME_MAPPINGS = {"LoadIPAdapter": "Load IP-Adapter", **DISPLAY}

@@ -60,6 +60,20 @@ def make_prompt(loaded, features, uncond, image_weights) -> ImagePrompt:
                        image_weights.float(), features, uncond)
 
 
+def merge(features, uncond, weights, mode, where):
+    """(features, uncond, image weights) after combining the images by `mode`: concat keeps them; the other modes merge
+    them into one, and the negatives too when there is one per image (a shared negative stays as it is)."""
+    try:
+        features = combine_features(features, mode, weights)
+        if mode != "concat":
+            if uncond is not None and uncond.shape[0] > 1:
+                uncond = combine_features(uncond, mode, weights)
+            weights = torch.ones(1)
+    except ValueError as e:
+        raise NodeInputError(f"{where}: {e}.") from None
+    return features, uncond, weights
+
+
 def to_rgb(image, name):
     """ComfyUI IMAGE [B, H, W, C] -> 3 channels; clear errors for what cannot be an image."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
@@ -287,15 +301,7 @@ class EncodeImagePrompt:
         if combine == "subtract" and features.shape[0] < 2:
             raise NodeInputError(f"{NODE}: combine 'subtract' needs at least two images (the first, and what to take "
                                  f"away from it); got {features.shape[0]}.")
-        try:
-            features = combine_features(features, combine, weights)
-            if combine != "concat":
-                if uncond is not None and uncond.shape[0] > 1:
-                    uncond = combine_features(uncond, combine, weights)
-                weights = torch.ones(1)
-        except ValueError as e:
-            raise NodeInputError(f"{NODE}: 'image_weights': {e}.") from None
-        return (make_prompt(ipadapter, features, uncond, weights),)
+        return (make_prompt(ipadapter, *merge(features, uncond, weights, combine, f"{NODE}: 'image_weights'")),)
 
 
 COMBINE_NODE = "Combine Image Prompts"
@@ -354,12 +360,4 @@ class CombineImagePrompts:
             uncond = torch.cat([u.expand(p.count, *u.shape[1:]) for u, p in zip(uncond, prompts)])
             if all(torch.equal(row, uncond[0]) for row in uncond):
                 uncond = uncond[:1]  # the adapter's own negative everywhere: one row, never merged (as in Encode)
-        try:
-            features = combine_features(features, combine, weights)
-            if combine != "concat":
-                if uncond is not None and uncond.shape[0] > 1:
-                    uncond = combine_features(uncond, combine, weights)
-                weights = torch.ones(1)
-        except ValueError as e:
-            raise NodeInputError(f"{COMBINE_NODE}: {e}.") from None
-        return (make_prompt(prompts[0], features, uncond, weights),)
+        return (make_prompt(prompts[0], *merge(features, uncond, weights, combine, COMBINE_NODE)),)

@@ -209,6 +209,18 @@ def needs_flux(path):
 _last_run = {}
 
 
+def run(executor, prompt):
+    """Validate and execute an API prompt as ComfyUI's queue does, with random input images."""
+    import execution
+
+    input_images(prompt)
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("run", prompt, None))
+    assert valid, (error, node_errors)
+    executor.execute(prompt, "run", {}, outputs)
+    errors = [data for event, data in executor.status_messages if event == "execution_error"]
+    assert executor.success, errors
+
+
 def needs_sd3(path):
     if "sd35" in os.path.basename(path) and not os.environ.get("RUN_SD3_WORKFLOW"):
         pytest.skip("the SD3.5 run needs full-size text encoders (T5-XXL 9.5 GB, CLIP-G) and about 20 GB of RAM at "
@@ -232,7 +244,6 @@ def make_room(executor, family):
 def test_workflow_runs_with_synthetic_weights(path, model_files, executor):
     """The shipped workflow, as ComfyUI's executor runs it, with 2 steps at 256x256 to fit a CPU."""
     import comfy.model_management
-    import execution
 
     needs_sdxl(path)
     needs_flux(path)
@@ -253,12 +264,7 @@ def test_workflow_runs_with_synthetic_weights(path, model_files, executor):
             node["inputs"]["steps"] = 2
         if node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
             node["inputs"].update(width=256, height=256)
-    input_images(prompt)
-    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("run", prompt, None))
-    assert valid, (error, node_errors)
-    executor.execute(prompt, "run", {}, outputs)
-    errors = [data for event, data in executor.status_messages if event == "execution_error"]
-    assert executor.success, errors
+    run(executor, prompt)
 
 
 CONVERTED_RUNS = ["plus_advanced_model_loader", "plus_batch_and_layers", "plus_embeds_pipeline", "plus_unified_simple"]
@@ -269,7 +275,6 @@ def test_converted_plus_workflow_runs_with_synthetic_weights(name, model_files, 
     """A ComfyUI_IPAdapter_plus workflow (tests/plus_fixtures.py), converted as the canvas command converts it on
     this server (presets resolved against models/ipadapter), then run as ComfyUI runs it. The image encoder is
     found in models/clip_vision by content."""
-    import execution
     import folder_paths
     from plus_fixtures import fixture
     from workflow_format import api_prompt
@@ -282,9 +287,4 @@ def test_converted_plus_workflow_runs_with_synthetic_weights(name, model_files, 
     assert check_workflow(workflow, real_definitions(), load_frontend_nodes()) == []
     prompt = api_prompt(workflow, real_definitions(), load_frontend_nodes())
     assert not any(node["class_type"].startswith("IPAdapter") for node in prompt.values())
-    input_images(prompt)
-    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("run", prompt, None))
-    assert valid, (error, node_errors)
-    executor.execute(prompt, "run", {}, outputs)
-    errors = [data for event, data in executor.status_messages if event == "execution_error"]
-    assert executor.success, errors
+    run(executor, prompt)
