@@ -17,6 +17,7 @@ def _install_standin():
     import comfy_standin.clip_vision  # noqa: F401  (imports the rest)
     import comfy_standin.model_patcher  # noqa: F401
     import comfy_standin.tiny_unet  # noqa: F401
+    import comfy_standin.weight_adapter.lora  # noqa: F401
 
     for name in [m for m in sys.modules if m == "comfy_standin" or m.startswith("comfy_standin.")]:
         sys.modules["comfy" + name[len("comfy_standin"):]] = sys.modules[name]

@@ -61,10 +61,15 @@ class ModelPatcher:
         self.wrappers.setdefault(wrapper_type, {}).setdefault(key, []).append(wrapper)
 
     def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
-        """Weight patches (what LoRA loaders add), applied to the weights when the model is used."""
+        """Weight patches (what LoRA loaders add), applied when the model is used. As the real one: keys the model
+        does not have are skipped, and the keys patched are returned."""
+        model_sd = self.model.state_dict()
+        applied = []
         for key, value in patches.items():
-            self.patches.setdefault(key, []).append((strength_patch, value, strength_model))
-        return list(patches)
+            if key in model_sd:
+                self.patches.setdefault(key, []).append((strength_patch, value, strength_model, None, None))
+                applied.append(key)
+        return applied
 
     def get_model_object(self, name: str):
         if name in self.object_patches:
@@ -93,11 +98,9 @@ class ModelPatcher:
         return models
 
     def patched_weights(self):
-        """The diffusion model's weights with the weight patches added ("diff" patches only)."""
+        """The model's weights with the weight patches applied, as patch_model computes them (LoRAAdapter values)."""
         sd = {k: v.clone() for k, v in self.model.state_dict().items()}
         for key, entries in self.patches.items():
-            for strength_patch, value, strength_model in entries:
-                sd[key] = sd[key] * strength_model + strength_patch * value[1][0]
+            for strength_patch, value, strength_model, offset, function in entries:
+                sd[key] = value.calculate_weight(sd[key], key, strength_patch, strength_model, offset, function)
         return sd
-
-
