@@ -88,8 +88,8 @@ class Workflow:
         link = [link_id, origin["id"], origin_slot, target["id"], index, slots[index]["type"]]
         self.links[link_id] = link
         self.data["links"].append(link)
-        origin["outputs"][origin_slot].setdefault("links", [])
-        origin["outputs"][origin_slot]["links"] = (origin["outputs"][origin_slot]["links"] or []) + [link_id]
+        output = origin["outputs"][origin_slot]
+        output["links"] = (output.get("links") or []) + [link_id]
         slots[index]["link"] = link_id
 
     def disconnect(self, target, name):

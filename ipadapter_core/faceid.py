@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .checkpoint import AdapterFileError
-from .detect import FAMILIES, FAMILY_NAMES, VIT_H_HIDDEN, ImageEncoder
+from .detect import FAMILIES, FAMILY_NAMES, VIT_H_HIDDEN, ImageEncoder, _expect
 from .layers import LAYERS
 from .projection import IPLayer, PerceiverAttention, Resampler, feed_forward
 
@@ -204,11 +204,6 @@ def describe_faceid(nested: dict, name: str, path: str | None = None) -> FaceIDS
         raise AdapterFileError(f"FaceID file '{name}' has an image projection that matches no released FaceID "
                                f"adapter ({e}). Download it again from h94/IP-Adapter-FaceID.") from None
     return spec
-
-
-def _expect(condition, what):
-    if not condition:
-        raise ValueError(f"expected {what}")
 
 
 def build_faceid_projection(spec: FaceIDSpec, device=None) -> nn.Module:

@@ -57,8 +57,8 @@ def window_frames(options, rows):
 
 
 def by_frame(t, frames):
-    """Rows of `t` ([frames, ...], one per frame of the whole batch) for the frames of this call."""
-    return t if frames is None else t[torch.as_tensor(frames, device=t.device)]
+    """Rows of `t` ([frames, ...], one per frame of the whole batch, on the frames' device) for this call's frames."""
+    return t if frames is None else t[frames]
 
 
 class TimestepGate:
@@ -116,12 +116,14 @@ class ImagePromptEntry:
 
     def rows(self, site, q, extra_options):
         """Per batch chunk: 0 = cond, 1 = uncond (traded at swapped layers); the rows per chunk; and, per frame, which
-        frames of the whole animation those rows are ([rows] indices, or None for frames 0, 1, ...)."""
+        frames of the whole animation those rows are ([rows] index tensor on q's device, or None for 0, 1, ...)."""
         chunks = extra_options.get("cond_or_uncond") or [0]
         if site.index in self.swapped:
             chunks = [1 - c for c in chunks]
         per_chunk = q.shape[0] // len(chunks)
         frames, total = window_frames(extra_options, per_chunk)
+        if frames is not None:  # one index tensor for this call's K, V, frame weights and masks
+            frames = torch.tensor(frames, device=q.device)
         if self.per_frame and self.prompt.count not in (1, total):
             windowed = f" (sampled in context windows of {per_chunk})" if frames is not None else ""
             raise NodeInputError(

@@ -120,13 +120,17 @@ class Frontend:
             timeout=timeout_ms)
         self.page.wait_for_timeout(500)
 
-    def clear(self):
-        """Close any dialog a previous workflow opened and empty the canvas."""
+    def close_dialogs(self):
+        """Close any dialog open on the page (the missing-nodes one, say), as a user would: Escape."""
         for _ in range(3):
             if not self.page.query_selector(".p-dialog"):
                 break
             self.page.keyboard.press("Escape")
             self.page.wait_for_timeout(200)
+
+    def clear(self):
+        """Close any dialog a previous workflow opened and empty the canvas."""
+        self.close_dialogs()
         self.page.evaluate("() => window.app.graph.clear()")
 
     def drop_workflow(self, path, timeout_ms=30000):
@@ -181,11 +185,7 @@ async ([label, command]) => {
 def run_canvas_command(frontend, label, command, done_js, timeout_ms=30000):
     """Pick `label` from the canvas's right-click menu (the items extensions add) and wait until `done_js` holds;
     {registered: the command is in the command palette, found: the menu item exists}."""
-    for _ in range(3):  # a dialog left open by the load (missing nodes) is closed first, as a user would
-        if not frontend.page.query_selector(".p-dialog"):
-            break
-        frontend.page.keyboard.press("Escape")
-        frontend.page.wait_for_timeout(200)
+    frontend.close_dialogs()  # a dialog left open by the load (missing nodes) first
     result = frontend.page.evaluate(CANVAS_COMMAND_JS, [label, command])
     if result["found"]:
         frontend.page.wait_for_function(done_js, timeout=timeout_ms)
