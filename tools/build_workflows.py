@@ -41,7 +41,10 @@ GROUP_TITLE = 50
 TOP = 40 + GROUP_TITLE + TITLE_HEIGHT
 
 # where each model file goes and where it comes from
+AUTO_ENCODER = "auto (by content)"  # Load IP-Adapter + Encoder's clip_vision choice
 MODEL_FOLDERS = {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints", ("LoadIPAdapter", "ipadapter_file"): "ipadapter",
+                 ("LoadIPAdapterAndEncoder", "ipadapter_file"): "ipadapter",
+                 ("LoadIPAdapterAndEncoder", "clip_vision"): "clip_vision",
                  ("CLIPVisionLoader", "clip_name"): "clip_vision", ("LoraLoader", "lora_name"): "loras",
                  ("ControlNetLoader", "control_net_name"): "controlnet", ("UNETLoader", "unet_name"): "diffusion_models",
                  ("DualCLIPLoader", "clip_name1"): "text_encoders", ("DualCLIPLoader", "clip_name2"): "text_encoders",
@@ -127,7 +130,10 @@ class Graph:
         for node in self.nodes:
             for name, value in node["_values"].items():
                 folder = MODEL_FOLDERS.get((node["type"], name))
-                if folder:
+                if folder and value == AUTO_ENCODER:  # the loader finds it by content: any file name will do
+                    lines.append(f"- models/clip_vision/{VIT_H} (any name: Load IP-Adapter + Encoder finds it by its "
+                                 f"contents)\n    from {SOURCES[VIT_H]}")
+                elif folder:
                     source = SOURCES.get(value, "h94/IP-Adapter (Hugging Face)")
                     lines.append(f"- models/{folder}/{value}\n    from {source}")
         images = sorted({n["_values"]["image"] for n in self.nodes if n["type"] in ("LoadImage", "LoadImageMask")})
@@ -344,6 +350,51 @@ def sd15_animation_batch():
     return sample(g, n, out(applied), batch=4)
 
 
+def paired_encoders(g, adapter, image, text):
+    """Checkpoint, Load IP-Adapter + Encoder (the image encoder found by content) and the two text prompts."""
+    n = {"checkpoint": g.add("CheckpointLoaderSimple", "models", {"ckpt_name": SD15})}
+    n["loader"] = g.add("LoadIPAdapterAndEncoder", "models", {"ipadapter_file": adapter, "clip_vision": AUTO_ENCODER})
+    n["reference"] = g.add("LoadImage", "images", {"image": image})
+    n["positive"] = g.add("CLIPTextEncode", "encode", {"text": text}, clip=out(n["checkpoint"], 1))
+    n["negative"] = g.add("CLIPTextEncode", "encode", {"text": NEGATIVE}, clip=out(n["checkpoint"], 1))
+    return n
+
+
+def sd15_animation_context_windows():
+    """Six frames, each steered by its own reference, sampled in ComfyUI's context windows of 4 frames (overlap 2):
+    every frame keeps its reference, weight and mask whichever window it is in."""
+    g = Graph()
+    n = paired_encoders(g, "ip-adapter-plus_sd15.safetensors", "frame_1.png", "a flower opening, timelapse")
+    batch = n["reference"]
+    for i in range(2, 7):
+        frame = g.add("LoadImage", "images", {"image": f"frame_{i}.png"})
+        batch = g.add("ImageBatch", "images", image1=out(batch), image2=out(frame))
+    n["prompt"] = g.add("EncodeImagePrompt", "encode", ipadapter=out(n["loader"]), clip_vision=out(n["loader"], 1),
+                        image=out(batch))
+    applied = g.add("ApplyIPAdapterAdvanced", "apply", {"weight": 0.8, "per_frame": True,
+                                                         "frame_weights": "1.0, 0.95, 0.9, 0.85, 0.8, 0.75"},
+                    model=out(n["checkpoint"]), ipadapter=out(n["loader"]), image_prompt=out(n["prompt"]))
+    windows = g.add("ContextWindowsManual", "sample", {"context_length": 4, "context_overlap": 2,
+                                                       "fuse_method": "pyramid"}, model=out(applied))
+    return sample(g, n, out(windows), batch=6)
+
+
+def sd15_combined_prompts():
+    """Two references encoded their own way (one cropped, one padded whole) and combined into one image prompt."""
+    g = Graph()
+    n = paired_encoders(g, "ip-adapter-plus_sd15.safetensors", "reference.png", "a portrait, soft light")
+    second = g.add("LoadImage", "images", {"image": "second_reference.png"})
+    first = g.add("EncodeImagePrompt", "encode", {"crop": "center crop"}, ipadapter=out(n["loader"]),
+                  clip_vision=out(n["loader"], 1), image=out(n["reference"]))
+    padded = g.add("EncodeImagePrompt", "encode", {"crop": "pad", "image_weights": "0.6"}, ipadapter=out(n["loader"]),
+                   clip_vision=out(n["loader"], 1), image=out(second))
+    combined = g.add("CombineImagePrompts", "encode", {"combine": "concat"}, image_prompt_1=out(first),
+                     image_prompt_2=out(padded))
+    applied = g.add("ApplyIPAdapter", "apply", {"weight": 0.8}, model=out(n["checkpoint"]), ipadapter=out(n["loader"]),
+                    image_prompt=out(combined))
+    return sample(g, n, out(applied))
+
+
 def flux_graph(adapter, clip_vision, text, guidance, crop="center crop"):
     """Flux.1-dev from its separate files (UNET, the two text encoders, VAE), an image prompt and both text prompts,
     each with its FluxGuidance (the guidance embedding both CFG passes see)."""
@@ -430,6 +481,8 @@ WORKFLOWS = {
     "sdxl_style_and_composition": sdxl_style_and_composition,
     "sd15_two_regions": sd15_two_regions,
     "sd15_animation_batch": sd15_animation_batch,
+    "sd15_animation_context_windows": sd15_animation_context_windows,
+    "sd15_combined_prompts": sd15_combined_prompts,
     "flux_xlabs_image_prompt": flux_xlabs,
     "flux_instantx_image_prompt": flux_instantx,
     "sd35_large_image_prompt": sd35_instantx,

@@ -18,7 +18,7 @@ import build_workflows  # noqa: E402
 CORE_NODES = ["CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "EmptyLatentImage", "VAEDecode", "VAEEncode",
               "SaveImage", "LoadImage", "CLIPVisionLoader", "LoraLoader", "ControlNetLoader", "ControlNetApplyAdvanced",
               "SetLatentNoiseMask", "LoadImageMask", "ImageBatch", "UNETLoader", "DualCLIPLoader", "VAELoader",
-              "FluxGuidance", "EmptySD3LatentImage", "TripleCLIPLoader"]
+              "FluxGuidance", "EmptySD3LatentImage", "TripleCLIPLoader", "ContextWindowsManual"]
 OUR_NODES = ["LoadIPAdapter", "LoadIPAdapterAndEncoder", "EncodeImagePrompt", "CombineImagePrompts", "ApplyIPAdapter",
              "ApplyIPAdapterAdvanced", "ApplyIPAdapterStyleComposition", "SaveImagePrompt", "LoadImagePrompt"]
 WORKFLOWS = sorted(glob.glob(os.path.join(PACK_DIR, "workflows", "*.json")))
@@ -249,6 +249,10 @@ def test_workflow_runs_with_synthetic_weights(path, model_files, executor):
     needs_flux(path)
     needs_sd3(path)
     name = os.path.basename(path)
+    import comfyui_version
+
+    if "context_windows" in name and comfyui_version.__version__.startswith("0.3."):
+        pytest.skip("ComfyUI 0.3.x context windows fail on image batches (dim 0) before any model call")
     if "sdxl" in name:  # make room: a full-size SDXL in fp32 fills most of 24 GB on its own
         import gc
 
