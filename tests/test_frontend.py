@@ -205,3 +205,22 @@ def test_the_encoder_choice_is_shown_on_the_loader_after_a_run(frontend):
       return {shown: node.ipaEncoderChoice, saved: JSON.stringify(node.serialize()).includes('found by content')};
     }""")
     assert state == {"shown": "encoder: model.safetensors (ViT-H/14, found by content)", "saved": False}
+
+
+def test_the_convert_route_answers_bad_requests_with_the_reason(server):
+    """What the canvas command shows when the server cannot convert: a 400 with the reason, never a traceback."""
+    import urllib.error
+    import urllib.request
+
+    def post(body):
+        request = urllib.request.Request(server.url + "/api/ipadapter_dca/convert", data=body,
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    assert post(b"not json") == (400, {"error": 'expected {"workflow": <the graph>}'})
+    status, answer = post(json.dumps({"workflow": {"3": {"class_type": "KSampler"}}}).encode())
+    assert status == 400 and answer["error"].startswith("expected a ComfyUI workflow")
