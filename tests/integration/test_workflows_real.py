@@ -45,8 +45,13 @@ FILE_COMBOS = {"ckpt_name", "clip_name", "lora_name", "control_net_name", "ipada
                "unet_name", "clip_name1", "clip_name2", "clip_name3", "vae_name", "clip_vision"}
 
 
+# inputs core nodes gained after ComfyUI 0.3.64 (the oldest version tested): an older host lacks them
+ADDED_SINCE_0_3 = {"ContextWindowsManual": {"freenoise"}}
+
+
 def without_choices(defs):
-    return {name: [[n, "COMBO" if isinstance(k, list) else k, o, opt] for n, k, o, opt in d["inputs"]]
+    return {name: [[n, "COMBO" if isinstance(k, list) else k, o, opt] for n, k, o, opt in d["inputs"]
+                   if n not in ADDED_SINCE_0_3.get(name, ())]
             for name, d in defs.items()}
 
 
