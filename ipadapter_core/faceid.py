@@ -121,17 +121,22 @@ class FacePerceiverResampler(nn.Module):
 
 class FaceIDPlusProj(FaceIDMLP):
     """FaceID-Plus (reference-spec §2.5): u = the MLP's tokens of the face; r = the resampler over the face crop's CLIP
-    hidden states with u as its latents; out = u + s_scale * r with the shortcut (v2), else r."""
+    hidden states with u as its latents. The tokens are u + s_scale * r with the shortcut (v2), else r
+    (`plus_tokens`); both parts are returned, so s_scale can change without projecting again."""
 
     def __init__(self, spec: FaceIDSpec):
         super().__init__(spec.cross_attention_dim, spec.num_tokens)
         self.perceiver_resampler = FacePerceiverResampler(spec.resampler_dim, spec.resampler_depth, spec.resampler_heads,
                                                           spec.clip.width, spec.cross_attention_dim)
 
-    def forward(self, face_embeds, clip_hidden_states, shortcut: bool, s_scale: float = 1.0):  # [B, 512], [B, N, E]
-        id_tokens = super().forward(face_embeds)  # [B, T, C]
-        out = self.perceiver_resampler(clip_hidden_states, id_tokens)
-        return id_tokens + s_scale * out if shortcut else out
+    def forward(self, face_embeds, clip_hidden_states):  # [B, 512], [B, N, E] -> u, r: [B, T, C] each
+        id_tokens = super().forward(face_embeds)
+        return id_tokens, self.perceiver_resampler(clip_hidden_states, id_tokens)
+
+
+def plus_tokens(spec: FaceIDSpec, id_tokens, resampled, s_scale: float = 1.0):
+    """FaceID-Plus's tokens from its two parts: v2 adds the ID tokens back (u + s_scale * r); v1 is r alone."""
+    return id_tokens + s_scale * resampled if spec.shortcut else resampled
 
 
 def lora_rank(ip: dict) -> int:
@@ -285,17 +290,23 @@ def check_lora(lora: dict, spec: FaceIDSpec, name: str):
             f"{(missing or extra)[0]}). Download it again from h94/IP-Adapter-FaceID.")
 
 
-def faceid_tokens(adapter: FaceIDAdapter, face_embeds, clip_hidden_states=None, s_scale=1.0, dtype=torch.float32):
-    """Identity tokens [B, T, C] (portrait: one row per face; the caller concatenates faces), computed with the
-    projection's weights cast to `dtype` on the inputs' device. Plus needs the face crops' CLIP hidden states."""
+def faceid_token_parts(adapter: FaceIDAdapter, face_embeds, clip_hidden_states=None, dtype=torch.float32):
+    """(u, r): the identity tokens [B, T, C] (portrait: one row per face; the caller concatenates faces) and, for
+    Plus, the resampler's tokens over the face crops' CLIP hidden states (None otherwise), computed with the
+    projection's weights cast to `dtype` on the inputs' device."""
     module, spec = adapter.image_proj, adapter.spec
     params = {k: v.to(face_embeds.device, dtype) for k, v in module.state_dict().items()}
     if isinstance(module, FaceIDPlusProj):
         if clip_hidden_states is None:
             raise ValueError(f"the {spec.label} needs the CLIP ViT-H hidden states of the face crop")
-        args = (face_embeds.to(dtype), clip_hidden_states.to(face_embeds.device, dtype), spec.shortcut, s_scale)
-    elif spec.variant == "portrait-unnorm":
-        args = (face_embeds.to(dtype)[:, None],)  # the raw embedding as a one-token sequence
-    else:
-        args = (face_embeds.to(dtype),)
-    return torch.func.functional_call(module, params, args)
+        return torch.func.functional_call(module, params, (face_embeds.to(dtype),
+                                                           clip_hidden_states.to(face_embeds.device, dtype)))
+    if spec.variant == "portrait-unnorm":
+        return torch.func.functional_call(module, params, (face_embeds.to(dtype)[:, None],)), None  # one token
+    return torch.func.functional_call(module, params, (face_embeds.to(dtype),)), None
+
+
+def faceid_tokens(adapter: FaceIDAdapter, face_embeds, clip_hidden_states=None, s_scale=1.0, dtype=torch.float32):
+    """The adapter's image tokens [B, T, C] for face embeddings (and, for Plus, the crops' CLIP hidden states)."""
+    id_tokens, resampled = faceid_token_parts(adapter, face_embeds, clip_hidden_states, dtype)
+    return id_tokens if resampled is None else plus_tokens(adapter.spec, id_tokens, resampled, s_scale)

@@ -3,10 +3,12 @@
 from ..converter.ours import DISPLAY
 from .apply import ApplyIPAdapter, ApplyIPAdapterAdvanced, ApplyIPAdapterStyleComposition
 from .encode import CombineImagePrompts, EncodeImagePrompt
+from .faces import EmbedFaces, LoadFaceAnalyzer, register_face_folder
 from .loader import LoadIPAdapter, LoadIPAdapterAndEncoder, register_model_folder
 from .prompt_files import LoadImagePrompt, SaveImagePrompt
 
 register_model_folder()
+register_face_folder()
 
 NODE_CLASS_MAPPINGS = {
     "LoadIPAdapter": LoadIPAdapter,
@@ -18,6 +20,9 @@ NODE_CLASS_MAPPINGS = {
     "ApplyIPAdapterStyleComposition": ApplyIPAdapterStyleComposition,
     "SaveImagePrompt": SaveImagePrompt,
     "LoadImagePrompt": LoadImagePrompt,
+    "LoadFaceAnalyzer": LoadFaceAnalyzer,
+    "EmbedFaces": EmbedFaces,
 }
 # the converter writes these nodes too and keeps their names beside their layout (converter/ours.py)
-NODE_DISPLAY_NAME_MAPPINGS = {"LoadIPAdapter": "Load IP-Adapter", **DISPLAY}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoadIPAdapter": "Load IP-Adapter", "LoadFaceAnalyzer": "Load Face Analyzer",
+                              "EmbedFaces": "Embed Faces", **DISPLAY}

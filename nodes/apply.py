@@ -16,7 +16,10 @@ from ..ipadapter_core.schedules import (
 )
 from .common import ADAPTER_TYPE, CATEGORY, PROMPT_TYPE, NodeInputError, logger
 from .encode import ImagePrompt, parse_numbers
+from .faceid import add_lora, check_faceid_options, faceid_prompt, is_faceid
 from .flux import apply_flux
+from .loader import LoadedAdapter
+from .patch import ImagePromptEntry, IPAttn2Patch
 from .sd3 import apply_sd3
 
 DIT_APPLY = {"flux": ("Flux", apply_flux), "sd3": ("SD3.5", apply_sd3)}  # family -> (name, apply function)
@@ -33,8 +36,6 @@ def check_dit_options(node, family, weight_type, kv_scaling, per_frame, frame_we
     if per_frame or (frame_weights and frame_weights.strip()):
         raise NodeInputError(f"{node}: per_frame and frame_weights are for SD1.5/SDXL batches; turn them off with a "
                              f"{family} adapter.")
-from .loader import LoadedAdapter
-from .patch import ImagePromptEntry, IPAttn2Patch
 
 
 def model_attn2_layers(model, node):
@@ -209,10 +210,18 @@ class ApplyIPAdapter:
             return (apply_dit(model, ipadapter, image_prompt, weight, sigma_range(model, start_percent, end_percent),
                               mask, "", node),)
         check_model_fits(model, ipadapter, node)
+        if is_faceid(ipadapter.spec):
+            faceid = faceid_prompt(node, image_prompt, mask, 1.0, False, None)
+            if faceid is None:
+                return (model,)
+            image_prompt, mask, _ = faceid
         layer_weights = by_index(ipadapter, schedule("linear", ipadapter.spec.family, weight))
         entry = ImagePromptEntry(ipadapter, image_prompt, layer_weights, *sigma_range(model, start_percent, end_percent),
                                  mask=mask)
-        return (patched_clone(model, ipadapter, [entry]),)
+        patched = patched_clone(model, ipadapter, [entry])
+        if is_faceid(ipadapter.spec):
+            add_lora(node, patched, ipadapter, 1.0)
+        return (patched,)
 
 
 class ApplyIPAdapterAdvanced:
@@ -262,6 +271,17 @@ class ApplyIPAdapterAdvanced:
                     "default": "",
                     "tooltip": "With per_frame: a weight per frame, e.g. '1, 0.8, 0.6, 0.4' (empty = all 1).",
                 }),
+                "s_scale": ("FLOAT", {
+                    "default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05,
+                    "tooltip": "FaceID-Plus v2 only: how much the face crop's detail (seen by CLIP) adds to the identity. "
+                               "1.0 is the authors' value; 1 to 2 is common.",
+                }),
+                "lora_strength": ("FLOAT", {
+                    "default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05,
+                    "tooltip": "FaceID and FaceID-Plus: strength of the LoRA inside the adapter file, applied to the "
+                               "model like any LoRA. 1.0 is how the authors use it; 0.6 to 0.8 is common to loosen its "
+                               "hold on the whole picture; 0 turns it off. Do not load the separate _lora file too.",
+                }),
             }),
         }
 
@@ -277,7 +297,7 @@ class ApplyIPAdapterAdvanced:
 
     def apply(self, model, ipadapter, image_prompt, weight, start_percent, end_percent, weight_type="linear",
               kv_scaling="V only", per_frame=False, attn_mask=None, layer_weights="", composition_weight=1.0,
-              style_boost=1.0, composition_boost=0.0, frame_weights=""):
+              style_boost=1.0, composition_boost=0.0, frame_weights="", s_scale=1.0, lora_strength=1.0):
         node = self.NODE
         check_inputs(node, ipadapter, {"image_prompt": image_prompt},
                      {"weight": weight, "composition_weight": composition_weight}, start_percent, end_percent)
@@ -287,6 +307,7 @@ class ApplyIPAdapterAdvanced:
         for name, value in (("style_boost", style_boost), ("composition_boost", composition_boost)):
             if not math.isfinite(value):
                 raise NodeInputError(f"{node}: '{name}' must be a finite number, got {value}.")
+        check_faceid_options(node, ipadapter.spec, s_scale, lora_strength)
         mask = check_mask(attn_mask, image_prompt.count, node)
         if ipadapter.spec.family in DIT_APPLY:
             family, apply_dit = DIT_APPLY[ipadapter.spec.family]
@@ -299,6 +320,11 @@ class ApplyIPAdapterAdvanced:
                 raise NodeInputError(f"{node}: 'frame_weights' needs per_frame on (one reference image per frame).")
             frames = parse_numbers(frame_weights, image_prompt.count, "frame_weights", "frames", node)
         check_model_fits(model, ipadapter, node)
+        if is_faceid(ipadapter.spec):
+            faceid = faceid_prompt(node, image_prompt, mask, s_scale, per_frame, frames)
+            if faceid is None:
+                return (model,)
+            image_prompt, mask, frames = faceid
         family = ipadapter.spec.family
         boost = style_boost if weight_type == "style transfer precise" else composition_boost
         weights = schedule(weight_type, family, weight, composition_weight, boost)
@@ -309,7 +335,10 @@ class ApplyIPAdapterAdvanced:
         entry = ImagePromptEntry(ipadapter, image_prompt, by_index(ipadapter, weights),
                                  *sigma_range(model, start_percent, end_percent), mask=mask, swapped=weights.swapped,
                                  kv_scaling=kv_scaling, per_frame=per_frame, frame_weights=frames)
-        return (patched_clone(model, ipadapter, [entry]),)
+        patched = patched_clone(model, ipadapter, [entry])
+        if is_faceid(ipadapter.spec):
+            add_lora(node, patched, ipadapter, lora_strength)
+        return (patched,)
 
 
 class ApplyIPAdapterStyleComposition:
@@ -352,6 +381,9 @@ class ApplyIPAdapterStyleComposition:
                      {"style_weight": style_weight, "composition_weight": composition_weight}, start_percent, end_percent)
         if kv_scaling not in KV_SCALING:
             raise NodeInputError(f"{node}: 'kv_scaling' must be one of {list(KV_SCALING)}, got {kv_scaling!r}.")
+        if is_faceid(ipadapter.spec):
+            raise NodeInputError(f"{node}: {ipadapter.file_name} is a FaceID adapter, which takes one identity; use "
+                                 "Apply IP-Adapter (advanced), whose weight_type and layer_weights pick its layers.")
         if ipadapter.spec.family in DIT_APPLY:
             raise NodeInputError(f"{node}: InstantStyle's style and composition blocks are SD1.5/SDXL UNet layers; with "
                                  f"a {DIT_APPLY[ipadapter.spec.family][0]} adapter use Apply IP-Adapter (advanced) and "

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ..ipadapter_core import AdapterSpec, ImagePromptError, check_features, image_tokens, uncond_features
 from ..ipadapter_core.combine import COMBINE_MODES, combine_features
 from .common import ADAPTER_TYPE, CATEGORY, PROMPT_TYPE, NodeInputError
+from .faces import FACES_TYPE
 from .loader import LoadedAdapter
 from .siglip import pooled_output
 
@@ -39,6 +40,7 @@ class ImagePrompt:
     image_weights: torch.Tensor  # [n]: each image's share when their tokens are concatenated
     features: torch.Tensor  # [n, E] or [n, 257, E]: the encoder output the cond tokens were projected from
     uncond_features: torch.Tensor | None  # [1 or n, ...]
+    faceid: object = None  # FaceID adapters: nodes.faceid.FaceTokens (the parts s_scale combines, which faces exist)
 
     @property
     def count(self):
@@ -147,18 +149,20 @@ def encode_features(clip_vision, images, spec: AdapterSpec, crop_mode: str):
     return features
 
 
-def encode_zero_pixels(clip_vision, spec: AdapterSpec):
-    """Encoder output for an all-zero *normalised* pixel tensor (reference-spec §5.3).
+def encode_pixels(clip_vision, pixels, output):
+    """Encoder output ("penultimate_hidden_states" or "image_embeds") for *normalised* pixel values [B, 3, 224, 224].
 
-    encode_image would quantise the mean colour to 1/255 steps first, so the vision model is called
-    directly with the pixel tensor, as encode_image itself calls it.
+    encode_image would quantise them to 1/255 steps first, so the vision model is called directly with the pixel
+    tensor, as encode_image itself calls it.
     """
-    def encode(pixels):
-        comfy.model_management.load_model_gpu(clip_vision.patcher)
-        out = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device), intermediate_output=-2)
-        return (out[1] if spec.encoder.output == "penultimate_hidden_states" else out[2]).float().cpu()
+    comfy.model_management.load_model_gpu(clip_vision.patcher)
+    out = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device), intermediate_output=-2)
+    return (out[1] if output == "penultimate_hidden_states" else out[2]).float().cpu()
 
-    return uncond_features(spec, encode)
+
+def encode_zero_pixels(clip_vision, spec: AdapterSpec):
+    """Encoder output for an all-zero *normalised* pixel tensor (reference-spec §5.3)."""
+    return uncond_features(spec, lambda pixels: encode_pixels(clip_vision, pixels, spec.encoder.output))
 
 
 def default_uncond(clip_vision, spec, crop_mode):
@@ -218,11 +222,6 @@ class EncodeImagePrompt:
         return {
             "required": {
                 "ipadapter": (ADAPTER_TYPE, {"tooltip": "The IP-Adapter from Load IP-Adapter. Its image tokens are made here."}),
-                "clip_vision": ("CLIP_VISION", {
-                    "tooltip": "The image encoder from Load CLIP Vision. Most adapters need ViT-H "
-                               "(CLIP-ViT-H-14-laion2B-s32B-b79K); ip-adapter_sdxl and ip-adapter_sd15_vit-G need ViT-bigG.",
-                }),
-                "image": ("IMAGE", {"tooltip": "One or more reference images (a batch)."}),
                 "crop": (CROP_MODES, {
                     "default": "center crop",
                     "tooltip": "How non-square images reach the encoder's 224x224 input: 'center crop' keeps the middle "
@@ -242,6 +241,16 @@ class EncodeImagePrompt:
                 }),
             },
             "optional": {
+                "clip_vision": ("CLIP_VISION", {
+                    "tooltip": "The image encoder from Load CLIP Vision. Most adapters need ViT-H "
+                               "(CLIP-ViT-H-14-laion2B-s32B-b79K); ip-adapter_sdxl and ip-adapter_sd15_vit-G need ViT-bigG. "
+                               "FaceID needs none, FaceID-Plus needs ViT-H for the face crop.",
+                }),
+                "image": ("IMAGE", {"tooltip": "One or more reference images (a batch). Not for FaceID: connect faces."}),
+                "faces": (FACES_TYPE, {
+                    "tooltip": "FaceID adapters only: the faces from Embed Faces (one per image; several photos of one "
+                               "person give a stronger likeness).",
+                }),
                 "negative_image": ("IMAGE", {
                     "tooltip": "Optional: what the picture should move away from (for example a noise or blurred image). "
                                "Without it the adapter's own neutral image is used, as the IP-Adapter authors do.",
@@ -268,14 +277,35 @@ class EncodeImagePrompt:
         "The encoder must be the one the adapter was trained with; a mismatch is reported with the file to load."
     )
 
-    def encode(self, ipadapter, clip_vision, image, crop="center crop", combine="concat", image_weights="",
-               negative_image=None, content_text=None, content_scale=0.5):
+    def encode(self, ipadapter, clip_vision=None, image=None, crop="center crop", combine="concat", image_weights="",
+               negative_image=None, content_text=None, content_scale=0.5, faces=None):
         if not isinstance(ipadapter, LoadedAdapter):
             raise NodeInputError(f"{NODE}: 'ipadapter' must come from a Load IP-Adapter node of this pack.")
         for name, value, allowed in (("crop", crop, CROP_MODES), ("combine", combine, COMBINE_MODES)):
             if value not in allowed:
                 raise NodeInputError(f"{NODE}: '{name}' must be one of {list(allowed)}, got {value!r}.")
         spec = ipadapter.spec
+        if spec.projection == "faceid":
+            from .faceid import encode_faces  # nodes/faceid.py builds on this module's helpers
+
+            if faces is None:
+                raise NodeInputError(f"{NODE}: {ipadapter.file_name} is a {spec.label}: it reads faces, not images. "
+                                     "Connect Load Face Analyzer -> Embed Faces to 'faces'.")
+            for name, value in (("image", image), ("negative_image", negative_image), ("content_text", content_text)):
+                if value is not None:
+                    raise NodeInputError(
+                        f"{NODE}: '{name}' is not used by FaceID adapters ({ipadapter.file_name}): the photos go "
+                        "through Embed Faces into 'faces', and the negative is the zero identity, as the authors "
+                        f"make it. Disconnect '{name}'.")
+            return (encode_faces(NODE, ipadapter, faces, clip_vision, combine, image_weights),)
+        if faces is not None:
+            raise NodeInputError(f"{NODE}: 'faces' is for FaceID adapters (ip-adapter-faceid_sd15.bin, ...); "
+                                 f"{ipadapter.file_name} is an {spec.label}, which reads images: connect the photo to "
+                                 "'image' instead.")
+        for name, value in (("clip_vision", clip_vision), ("image", image)):
+            if value is None:
+                raise NodeInputError(f"{NODE}: connect '{name}'; the {spec.label} needs "
+                                     f"{'reference images' if name == 'image' else 'its image encoder, ' + spec.encoder.name}.")
         images = to_rgb(image, "image")
         weights = parse_numbers(image_weights, images.shape[0], "image_weights", "images", NODE)
         if crop == "tiles":
@@ -339,6 +369,9 @@ class CombineImagePrompts:
         for i, prompt in enumerate(prompts, 1):
             if not isinstance(prompt, ImagePrompt):
                 raise NodeInputError(f"{COMBINE_NODE}: image prompt {i} must come from Encode Image Prompt of this pack.")
+            if prompt.faceid is not None:
+                raise NodeInputError(f"{COMBINE_NODE}: image prompt {i} is a FaceID prompt; FaceID prompts are not "
+                                     "combined here. Batch the photos into one Embed Faces instead (one face each).")
             if prompt.adapter is not prompts[0].adapter:
                 raise NodeInputError(
                     f"{COMBINE_NODE}: image prompt {i} was made for {prompt.file_name}, image prompt 1 for "

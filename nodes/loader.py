@@ -52,11 +52,6 @@ def load_cached(path: str) -> LoadedAdapter:
     if hit and hit[0] == mtime:
         return hit[1]
     adapter = load_adapter(path)
-    if adapter.spec.projection == "faceid":  # recognised by the core; its face nodes are not built yet
-        raise AdapterFileError(
-            f"'{os.path.basename(path)}' is a FaceID adapter ({adapter.spec.label}). FaceID needs InsightFace face "
-            "embeddings and this pack's face nodes, which are not ready yet. Use a CLIP-based adapter such as "
-            "ip-adapter-plus-face_sd15 instead.")
     patcher = comfy.model_patcher.ModelPatcher(
         adapter,
         load_device=comfy.model_management.get_torch_device(),
@@ -75,7 +70,8 @@ class LoadIPAdapter:
             "required": {
                 "ipadapter_file": (folder_paths.get_filename_list(FOLDER), {
                     "tooltip": "An IP-Adapter model from ComfyUI/models/ipadapter (.safetensors or .bin). "
-                               "The variant (SD1.5/SDXL, base/plus/full-face) is read from the file itself.",
+                               "The variant (SD1.5/SDXL, base/plus/full-face/FaceID, Flux, SD3.5) is read from the "
+                               "file itself.",
                 }),
             }
         }
@@ -116,18 +112,30 @@ def describe_encoder_files() -> list:
     return described
 
 
+def clip_encoder(spec, adapter_name: str):
+    """The CLIP vision model the adapter reads: FaceID-Plus shows CLIP the face crop; plain FaceID needs none."""
+    if spec.projection != "faceid":
+        return spec.encoder
+    if spec.clip is None:
+        raise AdapterFileError(
+            f"Load IP-Adapter + Encoder: {adapter_name} is a {spec.label}: it reads only face embeddings (Load Face "
+            "Analyzer -> Embed Faces) and needs no image encoder. Use Load IP-Adapter instead.")
+    return spec.clip
+
+
 def pick_encoder_file(spec, adapter_name: str) -> tuple:
     """(file name, how it was chosen) of the clip_vision file the adapter needs, or a clear error."""
     files = describe_encoder_files()
-    chosen = encoders.pick(files, spec.encoder.name, spec.encoder.file_name)
+    encoder = clip_encoder(spec, adapter_name)
+    chosen = encoders.pick(files, encoder.name, encoder.file_name)
     if chosen is None:
         listing = "\n".join(f"  {f.file_name}: {f.detail}" for f in files) or "  (the folder is empty)"
         raise AdapterFileError(
-            f"Load IP-Adapter + Encoder: {adapter_name} needs the image encoder {spec.encoder.name}, and no file in "
-            f"ComfyUI/models/clip_vision is one. Download {encoders.SOURCES.get(spec.encoder.name, spec.encoder.name)} "
-            f"into models/clip_vision as {spec.encoder.file_name}. What the folder holds:\n{listing}")
+            f"Load IP-Adapter + Encoder: {adapter_name} needs the image encoder {encoder.name}, and no file in "
+            f"ComfyUI/models/clip_vision is one. Download {encoders.SOURCES.get(encoder.name, encoder.name)} "
+            f"into models/clip_vision as {encoder.file_name}. What the folder holds:\n{listing}")
     others = [f.file_name for f in files if f.kind == chosen.kind and f is not chosen]
-    how = f"{chosen.file_name} ({spec.encoder.name}, found by content"
+    how = f"{chosen.file_name} ({encoder.name}, found by content"
     how += f"; also fitting: {', '.join(others)})" if others else ")"
     return chosen.file_name, how
 
@@ -178,10 +186,10 @@ class LoadIPAdapterAndEncoder:
             clip_vision, how = pick_encoder_file(adapter.spec, adapter.file_name)
         else:
             how = f"{clip_vision} (chosen on the node)"
+            needed = clip_encoder(adapter.spec, adapter.file_name).name
             found = next((f for f in describe_encoder_files() if f.file_name == clip_vision), None)
-            if found is not None and found.kind and found.kind != adapter.spec.encoder.name:
+            if found is not None and found.kind and found.kind != needed:
                 logger.warning("Load IP-Adapter + Encoder: %s is %s, but %s needs %s; Encode Image Prompt will refuse "
-                               "it. Set clip_vision to auto.", clip_vision, found.kind, adapter.file_name,
-                               adapter.spec.encoder.name)
+                               "it. Set clip_vision to auto.", clip_vision, found.kind, adapter.file_name, needed)
         logger.info("Load IP-Adapter + Encoder: %s uses %s", adapter.file_name, how)
         return {"ui": {"text": [f"encoder: {how}"]}, "result": (adapter, load_encoder(clip_vision))}

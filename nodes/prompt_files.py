@@ -97,6 +97,9 @@ class SaveImagePrompt:
         node = "Save Image Prompt"
         if not isinstance(image_prompt, ImagePrompt):
             raise NodeInputError(f"{node}: 'image_prompt' must come from an Encode Image Prompt node of this pack.")
+        if image_prompt.faceid is not None:
+            raise NodeInputError(f"{node}: FaceID image prompts are not saved (they would hold a person's identity "
+                                 "embedding and face crops); keep the photos and Embed Faces in the workflow instead.")
         output = folder_paths.get_output_directory()
         outside = NodeInputError(
             f"{node}: 'filename_prefix' ('{filename_prefix}') must stay inside ComfyUI's output folder ({output}); "

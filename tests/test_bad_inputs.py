@@ -58,6 +58,12 @@ def faceid():
     return make_faceid_checkpoint("sd15_faceid", rank=4)
 
 
+def edited_faceid(edit):
+    nested = faceid()
+    edit(nested)
+    return nested
+
+
 def edited(variant, edit):
     nested = make_checkpoint(variant)
     edit(nested)
@@ -79,7 +85,7 @@ FILE_CASES = [
     ("lora", "my_lora.safetensors", st({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 320)}), ["'my_lora.safetensors' is not an IP-Adapter file", "LoRA", "models/loras"], "it looks like a LoRA"),
     ("unet-checkpoint", "v1-5.safetensors", st({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3)}), ["'v1-5.safetensors' is not an IP-Adapter file", "models/checkpoints"], "Stable Diffusion checkpoint or UNet"),
     ("clip-vision", "clip_h.safetensors", st({"vision_model.encoder.layers.0.mlp.fc1.weight": (8, 8)}), ["'clip_h.safetensors' is not an IP-Adapter file", "models/clip_vision"], "looks like a CLIP vision encoder"),
-    ("faceid", "ip-adapter-faceid_sd15.bin", tsave(faceid()), ["'ip-adapter-faceid_sd15.bin' is a FaceID adapter (SD1.5 FaceID IP-Adapter (4 tokens per face))", "InsightFace", "ip-adapter-plus-face_sd15"], "is a FaceID adapter"),
+    ("faceid-lora-cut", "ip-adapter-faceid_sd15.bin", tsave(edited_faceid(lambda n: n["ip_adapter"].pop("5.to_v_lora.up.weight"))), ["FaceID file 'ip-adapter-faceid_sd15.bin' has an incomplete LoRA (1 of 256 tensors missing, e.g. 5.to_v_lora.up.weight)", "h94/IP-Adapter-FaceID"], "has an incomplete LoRA"),
     ("faceid-plus", "faceid-plus.bin", tsave(edited("sd15_base", lambda n: n["image_proj"].update({"perceiver_resampler.proj_in.weight": torch.zeros(768, 1280)}))), ["FaceID file 'faceid-plus.bin' has an image projection that matches no released FaceID adapter", "h94/IP-Adapter-FaceID"], "matches no released FaceID adapter"),
     ("kolors", "kolors.bin", tsave(edited("sdxl_plus", lambda n: n["image_proj"].update({"proj_in.weight": torch.zeros(2048, 1024)}))), ["'kolors.bin' is a Kolors adapter"], "is a Kolors adapter"),
     ("missing-layer", "partial.bin", tsave(edited("sd15_base", lambda n: n["ip_adapter"].pop("17.to_k_ip.weight"))), ["'partial.bin' looks like a SD1.5 adapter", "missing: 17.to_k_ip.weight", "download it again"], "attention weights do not match"),

@@ -116,7 +116,7 @@ def test_advanced_node_with_model_loader_lora_negative_and_mask():
     ((apply, inputs),) = by_type(prompt, "ApplyIPAdapterAdvanced")
     assert inputs == {"weight": 0.7, "start_percent": 0.1, "end_percent": 0.8, "weight_type": "ease in",
                       "kv_scaling": "K+V", "per_frame": False, "layer_weights": "", "composition_weight": 1,
-                      "style_boost": 1, "composition_boost": 0, "frame_weights": "",
+                      "style_boost": 1, "composition_boost": 0, "frame_weights": "", "s_scale": 1, "lora_strength": 1,
                       "model": [ids["LoraLoader"], 0], "ipadapter": [loader, 0], "image_prompt": [encode, 0],
                       "attn_mask": [ids["LoadImageMask"], 0]}
     assert report.approximated == [] and report.left == []

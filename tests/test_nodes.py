@@ -70,7 +70,8 @@ def rel(a, b):
 def test_node_definitions_are_complete(pack):
     assert set(pack.NODE_CLASS_MAPPINGS) == {"LoadIPAdapter", "LoadIPAdapterAndEncoder", "EncodeImagePrompt",
                                              "CombineImagePrompts", "ApplyIPAdapter", "ApplyIPAdapterAdvanced",
-                                             "ApplyIPAdapterStyleComposition", "SaveImagePrompt", "LoadImagePrompt"}
+                                             "ApplyIPAdapterStyleComposition", "SaveImagePrompt", "LoadImagePrompt",
+                                                 "LoadFaceAnalyzer", "EmbedFaces"}
     assert pack.WEB_DIRECTORY == "./web"
     categories = set()
     for name, cls in pack.NODE_CLASS_MAPPINGS.items():

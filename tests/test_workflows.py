@@ -26,7 +26,7 @@ def test_fixture_has_our_nodes_as_they_are_now(defs):
     ours = definitions_from_input_types(load_pack().NODE_CLASS_MAPPINGS)
     for name, definition in ours.items():
         file_combo = [e for e in definition["inputs"]
-                      if e[0] in ("ipadapter_file", "prompt_file", "clip_vision") and isinstance(e[1], list)]
+                      if e[0] in ("ipadapter_file", "prompt_file", "clip_vision", "pack") and isinstance(e[1], list)]
         for entry in file_combo:
             entry[1] = []  # the file list depends on the user's folder
         assert json.loads(json.dumps(definition)) == defs[name], f"{name} changed: regenerate the fixture and workflows"

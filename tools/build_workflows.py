@@ -68,6 +68,9 @@ SOURCES = {
     "sd3.5_large.safetensors": "stabilityai/stable-diffusion-3.5-large",
     "clip_g.safetensors": "stabilityai/stable-diffusion-3.5-large, text_encoders/",
     "instantx-sd3.5-large-ip-adapter.bin": "InstantX/SD3.5-Large-IP-Adapter, ip-adapter.bin, renamed",
+    "ip-adapter-faceid-plusv2_sd15.bin": "h94/IP-Adapter-FaceID (its LoRA is inside: do not add the _lora file too)",
+    "ip-adapter-faceid_sdxl.bin": "h94/IP-Adapter-FaceID (its LoRA is inside: do not add the _lora file too)",
+    "ip-adapter-faceid_sd15.bin": "h94/IP-Adapter-FaceID (its LoRA is inside: do not add the _lora file too)",
 }
 SOURCES["clip_l.safetensors"] = "comfyanonymous/flux_text_encoders (the same file as SD3.5's text_encoders/clip_l)"
 SOURCES["t5xxl_fp16.safetensors"] = "comfyanonymous/flux_text_encoders (the same file as SD3.5's text_encoders/t5xxl_fp16)"
@@ -136,6 +139,12 @@ class Graph:
                 elif folder:
                     source = SOURCES.get(value, "h94/IP-Adapter (Hugging Face)")
                     lines.append(f"- models/{folder}/{value}\n    from {source}")
+        for node in self.nodes:
+            if node["type"] == "LoadFaceAnalyzer":
+                lines.append(f"- models/insightface/models/{node['_values']['pack']}/ with det_10g.onnx and w600k_r50.onnx\n"
+                             "    from insightface's buffalo_l.zip (unzip it so the .onnx files sit directly in that "
+                             "folder); needs pip install onnxruntime. The InsightFace models and the FaceID adapters "
+                             "are for non-commercial use only.")
         images = sorted({n["_values"]["image"] for n in self.nodes if n["type"] in ("LoadImage", "LoadImageMask")})
         lines += ["", "Images: replace " + ", ".join(images) + " with your own (click the image box, or drop a file "
                   "on the node). Masks: right-click a Load Image node > Open in MaskEditor."]
@@ -395,6 +404,57 @@ def sd15_combined_prompts():
     return sample(g, n, out(applied))
 
 
+def face_prompt(g, loader, images, clip_vision=None, **embed):
+    """Load Face Analyzer (buffalo_l) -> Embed Faces -> Encode Image Prompt for a FaceID adapter."""
+    analyzer = g.add("LoadFaceAnalyzer", "models", {"pack": "buffalo_l"})
+    faces = g.add("EmbedFaces", "images", embed, face_analyzer=out(analyzer), image=out(images))
+    inputs = {"clip_vision": clip_vision} if clip_vision else {}
+    return g.add("EncodeImagePrompt", "encode", ipadapter=out(loader), faces=out(faces), **inputs)
+
+
+def sd15_faceid_plusv2():
+    """A portrait from one face photo with FaceID-Plus v2: the identity from ArcFace, the face's detail from CLIP
+    ViT-H of the aligned crop, the LoRA of the file at the authors' strength (1.0), s_scale 1.0 as they run it."""
+    g = Graph()
+    n = paired_encoders(g, "ip-adapter-faceid-plusv2_sd15.bin", "face.png",
+                        "a portrait photo of a person in a garden, soft light, high quality")
+    n["prompt"] = face_prompt(g, n["loader"], n["reference"], out(n["loader"], 1))
+    applied = g.add("ApplyIPAdapterAdvanced", "apply", {"weight": 1.0, "s_scale": 1.0, "lora_strength": 1.0},
+                    model=out(n["checkpoint"]), ipadapter=out(n["loader"]), image_prompt=out(n["prompt"]))
+    return sample(g, n, out(applied), cfg=7.5)
+
+
+def sdxl_faceid():
+    """SDXL FaceID: the identity from ArcFace alone (no image encoder), with the file's LoRA; cfg 5 as the authors."""
+    g = Graph()
+    n = {"checkpoint": g.add("CheckpointLoaderSimple", "models", {"ckpt_name": SDXL}),
+         "loader": g.add("LoadIPAdapter", "models", {"ipadapter_file": "ip-adapter-faceid_sdxl.bin"}),
+         "reference": g.add("LoadImage", "images", {"image": "face.png"})}
+    n["prompt"] = face_prompt(g, n["loader"], n["reference"])
+    n["positive"] = g.add("CLIPTextEncode", "encode", {"text": "a portrait photo of a person, city at night, "
+                                                                "cinematic"}, clip=out(n["checkpoint"], 1))
+    n["negative"] = g.add("CLIPTextEncode", "encode", {"text": NEGATIVE}, clip=out(n["checkpoint"], 1))
+    return sample(g, n, out(apply(g, n)), size=(1024, 1024), cfg=5.0)
+
+
+def sd15_faceid_batch_skip():
+    """Three frames, each with the face of its own photo (per_frame); the middle photo has no face, so Embed Faces
+    (no_face: skip) gives that frame weight 0 instead of stopping the run."""
+    g = Graph()
+    n = {"checkpoint": g.add("CheckpointLoaderSimple", "models", {"ckpt_name": SD15}),
+         "loader": g.add("LoadIPAdapter", "models", {"ipadapter_file": "ip-adapter-faceid_sd15.bin"})}
+    batch = g.add("LoadImage", "images", {"image": "face_1.png"})
+    for name in ("no_face_2.png", "face_3.png"):
+        frame = g.add("LoadImage", "images", {"image": name})
+        batch = g.add("ImageBatch", "images", image1=out(batch), image2=out(frame))
+    n["prompt"] = face_prompt(g, n["loader"], batch, no_face="skip")
+    n["positive"] = g.add("CLIPTextEncode", "encode", {"text": "a portrait photo of a person, smiling"},
+                          clip=out(n["checkpoint"], 1))
+    n["negative"] = g.add("CLIPTextEncode", "encode", {"text": NEGATIVE}, clip=out(n["checkpoint"], 1))
+    applied = apply_advanced(g, n, "linear", per_frame=True)
+    return sample(g, n, out(applied), batch=3, cfg=7.5)
+
+
 def flux_graph(adapter, clip_vision, text, guidance, crop="center crop"):
     """Flux.1-dev from its separate files (UNET, the two text encoders, VAE), an image prompt and both text prompts,
     each with its FluxGuidance (the guidance embedding both CFG passes see)."""
@@ -486,6 +546,9 @@ WORKFLOWS = {
     "flux_xlabs_image_prompt": flux_xlabs,
     "flux_instantx_image_prompt": flux_instantx,
     "sd35_large_image_prompt": sd35_instantx,
+    "sd15_faceid_plusv2_portrait": sd15_faceid_plusv2,
+    "sdxl_faceid": sdxl_faceid,
+    "sd15_faceid_batch_skip": sd15_faceid_batch_skip,
 }
 
 

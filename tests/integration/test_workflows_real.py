@@ -20,7 +20,8 @@ CORE_NODES = ["CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "EmptyLate
               "SetLatentNoiseMask", "LoadImageMask", "ImageBatch", "UNETLoader", "DualCLIPLoader", "VAELoader",
               "FluxGuidance", "EmptySD3LatentImage", "TripleCLIPLoader", "ContextWindowsManual"]
 OUR_NODES = ["LoadIPAdapter", "LoadIPAdapterAndEncoder", "EncodeImagePrompt", "CombineImagePrompts", "ApplyIPAdapter",
-             "ApplyIPAdapterAdvanced", "ApplyIPAdapterStyleComposition", "SaveImagePrompt", "LoadImagePrompt"]
+             "ApplyIPAdapterAdvanced", "ApplyIPAdapterStyleComposition", "SaveImagePrompt", "LoadImagePrompt",
+             "LoadFaceAnalyzer", "EmbedFaces"]
 WORKFLOWS = sorted(glob.glob(os.path.join(PACK_DIR, "workflows", "*.json")))
 
 
@@ -42,7 +43,7 @@ def real_definitions():
 
 
 FILE_COMBOS = {"ckpt_name", "clip_name", "lora_name", "control_net_name", "ipadapter_file", "image", "prompt_file",
-               "unet_name", "clip_name1", "clip_name2", "clip_name3", "vae_name", "clip_vision"}
+               "unet_name", "clip_name1", "clip_name2", "clip_name3", "vae_name", "clip_vision", "pack"}
 
 
 # inputs core nodes gained after ComfyUI 0.3.64 (the oldest version tested): an older host lacks them
@@ -166,24 +167,49 @@ def model_files(tmp_path_factory):
                           ("ip-adapter_sdxl_vit-h.safetensors", "sdxl_vith"),
                           ("ip-adapter-plus_sdxl_vit-h.safetensors", "sdxl_plus")):
         make("ipadapter", name, lambda p, v=variant: save_file(flatten(make_checkpoint(v)), p))
+    # FaceID: the h94 files' layouts at full size (the LoRA at rank 128), and buffalo_l as tiny synthetic ONNX models
+    from synthetic_faceid import make_faceid_checkpoint
+
+    for name, variant in (("ip-adapter-faceid_sd15.bin", "sd15_faceid"),
+                          ("ip-adapter-faceid-plusv2_sd15.bin", "sd15_faceid_plus")):
+        make("ipadapter", name, lambda p, v=variant: torch.save(make_faceid_checkpoint(v), p))
+    if os.environ.get("RUN_SDXL_WORKFLOW"):
+        make("ipadapter", "ip-adapter-faceid_sdxl.bin", lambda p: torch.save(make_faceid_checkpoint("sdxl_faceid"), p))
+    face_models(root)
     yield made
     for path in made.values():  # pytest keeps the last 3 base temp dirs: don't leave 12 GB of weights in each
         os.remove(path)
 
 
+def face_models(root):
+    """buffalo_l's detector and recognizer as the synthetic ONNX models of tests/synthetic_faces.py (a bright square
+    on black is a face), in <root>/insightface/models/buffalo_l, registered as ComfyUI's insightface folder."""
+    import folder_paths
+    import synthetic_faces
+
+    synthetic_faces.write_pack(root)
+    folder_paths.add_model_folder_path("insightface", str(root / "insightface"), is_default=True)
+
+
 def input_images(prompt):
-    """Random images for every LoadImage; an inpainting source gets a transparent hole (its mask)."""
+    """Random images for every LoadImage; an inpainting source gets a transparent hole (its mask). Images named
+    face* hold one synthetic face (tests/synthetic_faces.py), no_face* are black."""
     import folder_paths
     import numpy as np
+    import synthetic_faces
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for node in prompt.values():
         if node["class_type"] in ("LoadImage", "LoadImageMask"):
+            name = node["inputs"]["image"]
             pixels = rng.integers(0, 255, (96, 128, 4), dtype=np.uint8)
             pixels[..., 3] = 255
             pixels[24:72, 32:96, 3] = 0  # LoadImage's mask is 1 where alpha is 0
-            Image.fromarray(pixels, "RGBA").save(os.path.join(folder_paths.get_input_directory(), node["inputs"]["image"]))
+            if name.startswith(("face", "no_face")):
+                face = [(160, 96, 192)] if name.startswith("face") else []
+                pixels = synthetic_faces.squares_image(face, 384, 512, seed=len(name))[..., ::-1]  # BGR -> RGB
+            Image.fromarray(np.ascontiguousarray(pixels)).save(os.path.join(folder_paths.get_input_directory(), name))
 
 
 @pytest.fixture(scope="module")
