@@ -23,12 +23,14 @@ STYLE_COMPOSITION = {"IPAdapterStyleComposition", "IPAdapterStyleCompositionBatc
 EMBEDS_APPLY = {"IPAdapterEmbeds", "IPAdapterEmbedsBatch"}
 PROMPT_MAKERS = {"IPAdapterEncoder", "IPAdapterCombineEmbeds", "IPAdapterLoadEmbeds"}
 CONVERTIBLE = LOADERS | IMAGE_APPLY | STYLE_COMPOSITION | EMBEDS_APPLY | PROMPT_MAKERS | {"IPAdapterSaveEmbeds"}
+FACEID_LEFT = ("FaceID is not converted yet: rebuild it with Load Face Analyzer, Embed Faces, Encode Image Prompt "
+               "(faces) and Apply IP-Adapter (advanced); see the README's FaceID section")
 WHY_LEFT = {  # node types with no equivalent here, and why
-    "IPAdapterFaceID": "FaceID is not in this pack yet",
-    "IPAAdapterFaceIDBatch": "FaceID is not in this pack yet",
-    "IPAdapterFaceIDKolors": "ComfyUI has no Kolors model of its own, and FaceID is not in this pack yet",
-    "IPAdapterUnifiedLoaderFaceID": "FaceID is not in this pack yet",
-    "IPAdapterInsightFaceLoader": "FaceID is not in this pack yet",
+    "IPAdapterFaceID": FACEID_LEFT,
+    "IPAAdapterFaceIDBatch": FACEID_LEFT,
+    "IPAdapterFaceIDKolors": "ComfyUI has no Kolors model of its own",
+    "IPAdapterUnifiedLoaderFaceID": FACEID_LEFT,
+    "IPAdapterInsightFaceLoader": FACEID_LEFT,
     "IPAdapterFromParams": "regional prompts are made here with one Apply IP-Adapter per region and its attn_mask",
     "IPAdapterRegionalConditioning": "regional prompts are made here with one Apply IP-Adapter per region and its "
                                      "attn_mask (the text part: ComfyUI's Conditioning (Set Mask))",

@@ -289,7 +289,7 @@ class EncodeImagePrompt:
             from .faceid import encode_faces  # nodes/faceid.py builds on this module's helpers
 
             if faces is None:
-                raise NodeInputError(f"{NODE}: {ipadapter.file_name} is a {spec.label}: it reads faces, not images. "
+                raise NodeInputError(f"{NODE}: {ipadapter.file_name} is an {spec.label}: it reads faces, not images. "
                                      "Connect Load Face Analyzer -> Embed Faces to 'faces'.")
             for name, value in (("image", image), ("negative_image", negative_image), ("content_text", content_text)):
                 if value is not None:

@@ -118,7 +118,7 @@ def clip_encoder(spec, adapter_name: str):
         return spec.encoder
     if spec.clip is None:
         raise AdapterFileError(
-            f"Load IP-Adapter + Encoder: {adapter_name} is a {spec.label}: it reads only face embeddings (Load Face "
+            f"Load IP-Adapter + Encoder: {adapter_name} is an {spec.label}: it reads only face embeddings (Load Face "
             "Analyzer -> Embed Faces) and needs no image encoder. Use Load IP-Adapter instead.")
     return spec.clip
 

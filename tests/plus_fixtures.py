@@ -158,7 +158,7 @@ def style_composition_sdxl():
 
 
 def faceid_and_noise():
-    """What stays: FaceID (not in this pack yet) and the noise generator; a plain IPAdapter beside them converts."""
+    """What stays: FaceID (not converted yet) and the noise generator; a plain IPAdapter beside them converts."""
     g = bw.Graph()
     n = base(g)
     faceid_loader = g.add("IPAdapterUnifiedLoaderFaceID", "models", {"preset": "FACEID PLUS V2", "lora_strength": 0.6},

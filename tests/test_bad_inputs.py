@@ -308,6 +308,13 @@ MESSAGES = [  # the fixed part of every message the nodes raise, as README's tro
     "not SD3.5-Large", "It needs SD3.5-Large",
     "and no file in ComfyUI/models/clip_vision is one", "is not a vision model ComfyUI can load",
     "image prompts only combine for the same adapter", "some of these image prompts have a negative image and some do not",
+    # FaceID (tests/test_faceid_nodes.py, tests/test_faces.py, tests/test_faceid_lora.py)
+    "Face models not found: expected the folder", "one folder too deep", "holds no .onnx files", "No face detector in",
+    "No face recognition model in", "Face analysis needs onnxruntime or insightface", "found no face in image N of M",
+    "found fewer than N faces", "a face needs at least 32 pixels", "multiple of 112 or 128", "it reads faces, not images",
+    "'faces' is for FaceID adapters", "'image' is not used by FaceID adapters", "also shows CLIP the face crop",
+    "needs CLIP ViT-H/14 hidden states", "s_scale and lora_strength are for FaceID adapters",
+    "attention weights, and the model has only", "needs no image encoder",
 ]
 
 

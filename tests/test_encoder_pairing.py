@@ -149,3 +149,22 @@ def test_an_encoder_chosen_on_the_node_is_loaded_as_is(folders):
     adapter, encoder = out["result"]
     assert adapter.spec.encoder.name == "ViT-H/14" and isinstance(encoder, ClipVisionModel)
     assert out["ui"] == {"text": ["encoder: standin-vit-h.safetensors (chosen on the node)"]}
+
+
+def test_faceid_plus_is_paired_with_vit_h_and_plain_faceid_with_nothing(folders):
+    """FaceID-Plus shows CLIP ViT-H the face crop; plain FaceID reads only the face embedding."""
+    from synthetic_faceid import make_faceid_checkpoint
+
+    ipadapter, clip_vision = folders
+    torch.save(make_faceid_checkpoint("sd15_faceid_plus", rank=4), str(ipadapter / "ip-adapter-faceid-plusv2_sd15.bin"))
+    torch.save(make_faceid_checkpoint("sd15_faceid", rank=4), str(ipadapter / "ip-adapter-faceid_sd15.bin"))
+    encoder_header_file(str(clip_vision / "model.safetensors"), *RELEASED[encoders.VIT_H])
+    encoder_header_file(str(clip_vision / "bigg.safetensors"), *RELEASED[encoders.VIT_BIGG])
+    loader = pack_module("nodes.loader")
+    plus = loader.LoadIPAdapter().load("ip-adapter-faceid-plusv2_sd15.bin")[0]
+    assert loader.pick_encoder_file(plus.spec, plus.file_name) == ("model.safetensors",
+                                                                    "model.safetensors (ViT-H/14, found by content)")
+    with pytest.raises(AdapterFileError, match=r"^Load IP-Adapter \+ Encoder: ip-adapter-faceid_sd15\.bin is an SD1\.5 "
+                                               r"FaceID IP-Adapter .*: it reads only face embeddings .* and needs no "
+                                               r"image encoder\. Use Load IP-Adapter instead\."):
+        loader.LoadIPAdapterAndEncoder().load("ip-adapter-faceid_sd15.bin")

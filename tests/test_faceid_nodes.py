@@ -267,6 +267,13 @@ def test_faceless_frames_get_weight_zero_and_no_face_leaves_the_model(nodes, ana
     (without,) = apply(model, loaded, found_only, 1.0, 0.0, 1.0)
     assert torch.allclose(frames_output(with_faceless), frames_output(without), atol=1e-6, rtol=0)
 
+    masks = torch.zeros(3, 8, 8)
+    for i in range(3):
+        masks[i, :, i * 2:i * 2 + 3] = 1  # one region per image; the faceless image's region goes with it
+    (masked,) = apply(model, loaded, prompt, 1.0, 0.0, 1.0, attn_mask=masks)
+    entry = next(iter(masked.model_options["transformer_options"]["patches_replace"]["attn2"].values())).entry
+    assert torch.equal(entry.mask, masks[[0, 2]]) and entry.prompt.count == 2
+
     nobody = encode(nodes, loaded, embed(nodes, analyzer, images[1:2], no_face="skip")[0])
     assert nodes["ApplyIPAdapter"]().apply(model, loaded, nobody, 1.0, 0.0, 1.0) == (model,)
     assert apply(model, loaded, nobody, 1.0, 0.0, 1.0, per_frame=True) == (model,)
@@ -294,7 +301,7 @@ def test_faces_and_images_go_to_the_adapters_that_read_them(nodes, analyzer):
     clip = ClipVisionModel("vit-h")
     cases = [
         (dict(ipadapter=faceid, clip_vision=clip, image=image),
-         r"sd15_faceid\.bin is a SD1\.5 FaceID IP-Adapter .*: it reads faces, not images\. Connect Load Face Analyzer"),
+         r"sd15_faceid\.bin is an SD1\.5 FaceID IP-Adapter .*: it reads faces, not images\. Connect Load Face Analyzer"),
         (dict(ipadapter=faceid, faces=faces, image=image), r"'image' is not used by FaceID adapters"),
         (dict(ipadapter=clip_based, clip_vision=clip, faces=faces), r"'faces' is for FaceID adapters .*sd15_base"
                                                                      r"\.safetensors is an SD1\.5 .*connect the photo to 'image'"),
