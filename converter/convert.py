@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 
 from . import ours
 from .graph import Workflow
-from .plus_nodes import PRESET_FILES, PRESETS, TRANSFORMER_BLOCKS, WIDGETS, widget_values
+from .plus_nodes import FACEID_CLIP_PRESETS, PRESET_FILES, PRESETS, TRANSFORMER_BLOCKS, WIDGETS, widget_values
 
-LOADERS = {"IPAdapterModelLoader", "IPAdapterUnifiedLoader", "IPAdapterUnifiedLoaderCommunity"}
+LOADERS = {"IPAdapterModelLoader", "IPAdapterUnifiedLoader", "IPAdapterUnifiedLoaderCommunity",
+           "IPAdapterUnifiedLoaderFaceID"}
+FACEID_APPLY = {"IPAdapterFaceID", "IPAAdapterFaceIDBatch"}
 IMAGE_APPLY = {"IPAdapter", "IPAdapterAdvanced", "IPAdapterBatch", "IPAdapterTiled", "IPAdapterTiledBatch",
                "IPAdapterMS", "IPAdapterClipVisionEnhancer", "IPAdapterClipVisionEnhancerBatch",
                "IPAdapterPreciseStyleTransfer", "IPAdapterPreciseStyleTransferBatch", "IPAdapterPreciseComposition",
@@ -22,15 +24,10 @@ IMAGE_APPLY = {"IPAdapter", "IPAdapterAdvanced", "IPAdapterBatch", "IPAdapterTil
 STYLE_COMPOSITION = {"IPAdapterStyleComposition", "IPAdapterStyleCompositionBatch"}
 EMBEDS_APPLY = {"IPAdapterEmbeds", "IPAdapterEmbedsBatch"}
 PROMPT_MAKERS = {"IPAdapterEncoder", "IPAdapterCombineEmbeds", "IPAdapterLoadEmbeds"}
-CONVERTIBLE = LOADERS | IMAGE_APPLY | STYLE_COMPOSITION | EMBEDS_APPLY | PROMPT_MAKERS | {"IPAdapterSaveEmbeds"}
-FACEID_LEFT = ("FaceID is not converted yet: rebuild it with Load Face Analyzer, Embed Faces, Encode Image Prompt "
-               "(faces) and Apply IP-Adapter (advanced); see the README's FaceID section")
+CONVERTIBLE = (LOADERS | IMAGE_APPLY | STYLE_COMPOSITION | EMBEDS_APPLY | PROMPT_MAKERS | FACEID_APPLY
+               | {"IPAdapterSaveEmbeds", "IPAdapterInsightFaceLoader"})
 WHY_LEFT = {  # node types with no equivalent here, and why
-    "IPAdapterFaceID": FACEID_LEFT,
-    "IPAAdapterFaceIDBatch": FACEID_LEFT,
     "IPAdapterFaceIDKolors": "ComfyUI has no Kolors model of its own",
-    "IPAdapterUnifiedLoaderFaceID": FACEID_LEFT,
-    "IPAdapterInsightFaceLoader": FACEID_LEFT,
     "IPAdapterFromParams": "regional prompts are made here with one Apply IP-Adapter per region and its attn_mask",
     "IPAdapterRegionalConditioning": "regional prompts are made here with one Apply IP-Adapter per region and its "
                                      "attn_mask (the text part: ComfyUI's Conditioning (Set Mask))",
@@ -81,6 +78,9 @@ class Converter:
         self.report = Report()
         self.loaders = {}  # cubiq loader id -> our LoadIPAdapterAndEncoder node
         self.family = {}  # our loader id -> "sd15" | "sdxl" (what its file is for, as far as names tell)
+        self.faceid = {}  # our FaceID loader id -> {"lora_strength", "provider", "analyzer": our node or None, ...}
+        self.analyzers = {}  # that pack's InsightFace loader id -> our Load Face Analyzer
+        self.lora_given = set()  # our FaceID loaders whose LoRA an apply node already carries
 
     # --- helpers ------------------------------------------------------------------------------------------
 
@@ -157,6 +157,8 @@ class Converter:
         if not unified:
             file_name, how = values["ipadapter_file"], "the same file"
             family = "sdxl" if "sdxl" in str(file_name).lower() else "sd15"
+            faceid = "faceid" in str(file_name).lower()
+            needs_clip = not faceid or "plus" in str(file_name).lower()
         else:
             preset = values["preset"]
             if preset not in PRESETS:
@@ -164,33 +166,48 @@ class Converter:
                 return
             file_name, family, checkpoint, listed = self.resolve_preset(node, preset)
             how = f"preset '{preset}'"
+            faceid = node["type"] == "IPAdapterUnifiedLoaderFaceID"
+            needs_clip = not faceid or preset in FACEID_CLIP_PRESETS
             self.report.assumed.append(
                 f"{label(node)}: {ours.FAMILY_NAMES[family]} "
                 + (f"(from the checkpoint name {checkpoint})" if checkpoint else "(no checkpoint name tells)")
                 + (f"; {file_name} matched the preset in models/ipadapter" if listed else
                    f"; {file_name} is the file that pack's README gives for the preset: pick yours on the node if "
                    "it is called otherwise"))
+        # plain FaceID and portrait read only the face embedding: no image encoder to pair
+        kind = "LoadIPAdapterAndEncoder" if needs_clip else "LoadIPAdapter"
         adapter_slot = 1 if unified else 0
         users = self.wf.consumers(node, adapter_slot)
         staying = [t for t, _ in users if t["type"] not in CONVERTIBLE]
-        widgets = {"ipadapter_file": file_name, "clip_vision": ours.AUTO}
-        layout = ours.LAYOUT["LoadIPAdapterAndEncoder"]
+        widgets = {"ipadapter_file": file_name, **({"clip_vision": ours.AUTO} if needs_clip else {})}
+        found = "; the image encoder is found in models/clip_vision by content" if needs_clip else ""
+        layout = ours.LAYOUT[kind]
         if staying:  # some of its users stay as they are: keep it for them, and put ours beside it
-            new = self.wf.add_node(layout, "LoadIPAdapterAndEncoder", self.wf.free_spot(node["pos"], layout["size"]),
-                                   widgets)
-            self.report.converted.append(f"{label(node)} -> #{new['id']} Load IP-Adapter + Encoder ({how}); the "
+            new = self.wf.add_node(layout, kind, self.wf.free_spot(node["pos"], layout["size"]), widgets)
+            self.report.converted.append(f"{label(node)} -> #{new['id']} {ours.DISPLAY[kind]} ({how}); the "
                                          f"original stays for {', '.join(label(t) for t in staying)}")
         else:
             model_source = self.wf.source(node, "model") if unified else None
             model_users = self.wf.consumers(node, 0) if unified else []
-            new, _ = self.replace(node, "LoadIPAdapterAndEncoder", widgets, {}, {adapter_slot: 0})
+            new, _ = self.replace(node, kind, widgets, {}, {adapter_slot: 0})
             for target, name in model_users:  # it passed the model through: link around it
                 if model_source is not None:
                     self.wf.connect(model_source, target, name)
-            self.report.converted.append(f"{label(node)} -> Load IP-Adapter + Encoder ({how}; the image encoder is "
-                                         "found in models/clip_vision by content)")
+            self.report.converted.append(f"{label(node)} -> {ours.DISPLAY[kind]} ({how}{found})")
         self.loaders[node["id"]] = new
         self.family[new["id"]] = family
+        if faceid:
+            # that pack's unified loader put the separate _lora file on the model it passed on; here the Apply node
+            # puts the same LoRA, from the adapter file, on its model. With the plain model loader that pack applied
+            # no LoRA (a LoRA loader of the workflow may): ours is left off.
+            strength = values["lora_strength"] if node["type"] == "IPAdapterUnifiedLoaderFaceID" else 0.0
+            if not strength:
+                self.report.assumed.append(f"{label(node)}: lora_strength 0 on its FaceID apply nodes: that pack "
+                                           "applied no FaceID LoRA here (if the workflow loads the "
+                                           "_lora.safetensors file with a LoRA loader, it still does)")
+            provider = values.get("provider", "auto")
+            self.faceid[new["id"]] = {"lora_strength": strength, "provider": provider if provider in ours.PROVIDERS
+                                      else "auto", "analyzer": None, "origin": node}
 
     def loader_of(self, node):
         """Our loader feeding `node`'s ipadapter input (through reroutes), or None."""
@@ -403,6 +420,86 @@ class Converter:
         widgets = dict(common, weight_type=weight_type, kv_scaling=values["embeds_scaling"], per_frame=per_frame)
         return self.place_apply(node, "ApplyIPAdapterAdvanced", widgets, inputs)
 
+    # --- FaceID -------------------------------------------------------------------------------------------
+
+    def convert_insightface_loader(self, node):
+        values = widget_values(node)
+        widgets = {"pack": values["model_name"],
+                   "provider": values["provider"] if values["provider"] in ours.PROVIDERS else "auto"}
+        staying = [t for t, _ in self.wf.consumers(node, 0) if t["type"] not in FACEID_APPLY]
+        if staying:  # another pack's node uses its INSIGHTFACE: keep it for them, and put ours beside it
+            layout = ours.LAYOUT["LoadFaceAnalyzer"]
+            new = self.wf.add_node(layout, "LoadFaceAnalyzer", self.wf.free_spot(node["pos"], layout["size"]), widgets)
+            kept = f"; the original stays for {', '.join(label(t) for t in staying)}"
+        else:
+            new, _ = self.replace(node, "LoadFaceAnalyzer", widgets, {}, {0: 0})
+            kept = ""
+        self.analyzers[node["id"]] = new
+        self.report.converted.append(f"{label(node)} -> #{new['id']} Load Face Analyzer ({widgets['pack']}: insightface "
+                                     f"when it is installed, else onnxruntime on the same files{kept})")
+
+    def analyzer_for(self, node, loader):
+        """Our Load Face Analyzer for a FaceID apply node: its insightface input's, else one beside its loader (that
+        pack's unified loader loads buffalo_l itself)."""
+        source = self.through_reroutes(self.wf.source(node, "insightface"))
+        if source is not None and source[0]["id"] in self.analyzers:
+            return self.analyzers[source[0]["id"]]
+        info = self.faceid[loader["id"]]
+        if info["analyzer"] is None:
+            layout = ours.LAYOUT["LoadFaceAnalyzer"]
+            info["analyzer"] = self.wf.add_node(layout, "LoadFaceAnalyzer", self.wf.free_spot(loader["pos"], layout["size"]),
+                                                {"pack": "buffalo_l", "provider": info["provider"]})
+            self.report.converted.append(f"#{info['analyzer']['id']} Load Face Analyzer added for "
+                                         f"{label(info['origin'])} (buffalo_l, as that pack loads it)")
+        return info["analyzer"]
+
+    def convert_faceid_apply(self, node, loader):
+        values = widget_values(node)
+        info = self.faceid.get(loader["id"])
+        if info is None:
+            self.report.left.append(f"{label(node)}: its ipadapter is not a FaceID adapter")
+            return None
+        analyzer = self.analyzer_for(node, loader)
+        crops = self.wf.consumers(node, 1)  # its face_image output: the crops, now Embed Faces' face_crops
+        for target, name in crops:
+            self.wf.disconnect(target, name)
+        layout = ours.LAYOUT["EmbedFaces"]
+        # that pack takes insightface's first face, the one with the highest detection score
+        embed = self.wf.add_node(layout, "EmbedFaces", self.wf.free_spot(node["pos"], layout["size"]),
+                                 {"select": "highest score"})
+        self.wf.connect((analyzer, 0), embed, "face_analyzer")
+        image = self.wf.source(node, "image")
+        if image is not None:
+            self.wf.connect(image, embed, "image")
+        for target, name in crops:
+            self.wf.connect((embed, 1), target, name)
+        layout = ours.LAYOUT["EncodeImagePrompt"]
+        encode = self.wf.add_node(layout, "EncodeImagePrompt", self.wf.free_spot(node["pos"], layout["size"]),
+                                  {"combine": values["combine_embeds"]})
+        self.wf.connect((loader, 0), encode, "ipadapter")
+        self.wf.connect((embed, 0), encode, "faces")
+        if loader["type"] == "LoadIPAdapterAndEncoder":  # FaceID-Plus: CLIP sees the face crop
+            self.wf.connect(self.encoder_sources(node, loader)[1], encode, "clip_vision")
+            if self.family[loader["id"]] == "sdxl":
+                self.report.approximated.append(f"{label(node)}: the face crop CLIP sees is 224 px (the authors' size), "
+                                                "not that pack's 256 px for SDXL")
+        if self.wf.input_link(node, "image_negative") is not None:
+            self.report.approximated.append(f"{label(node)}: its image_negative is not used: FaceID's negative is the "
+                                            "zero identity here, as the authors make it")
+        weight_type, _, _, _ = self.weights_of(node, values, self.family[loader["id"]])
+        lora = 0.0 if loader["id"] in self.lora_given else info["lora_strength"]
+        self.lora_given.add(loader["id"])  # that pack put it on the model once, in the loader
+        widgets = {"weight": values["weight"], "start_percent": values["start_at"], "end_percent": values["end_at"],
+                   "weight_type": weight_type, "kv_scaling": values["embeds_scaling"],
+                   "per_frame": node["type"] == "IPAAdapterFaceIDBatch", "s_scale": values["weight_faceidv2"],
+                   "lora_strength": lora}
+        inputs = {"model": self.wf.source(node, "model"), "ipadapter": (loader, 0), "image_prompt": (encode, 0),
+                  "attn_mask": self.wf.source(node, "attn_mask")}
+        notes = [f"with #{embed['id']} Embed Faces and #{encode['id']} Encode Image Prompt",
+                 f"weight_faceidv2 {values['weight_faceidv2']:g} as s_scale",
+                 f"the FaceID LoRA from the adapter file at lora_strength {lora:g}"]
+        return self.place_apply(node, "ApplyIPAdapterAdvanced", widgets, inputs, notes)
+
     # --- the whole graph ----------------------------------------------------------------------------------
 
     def run(self):
@@ -412,6 +509,15 @@ class Converter:
 
         for node in nodes(LOADERS):
             self.convert_loader(node)
+        for node in nodes({"IPAdapterInsightFaceLoader"}):
+            self.convert_insightface_loader(node)
+        for node in nodes(FACEID_APPLY):
+            loader = self.loader_of(node)
+            if loader is None:
+                self.report.left.append(f"{label(node)}: its ipadapter does not come from an IP-Adapter loader that "
+                                        "could be converted")
+            else:
+                self.convert_faceid_apply(node, loader)
         for node in nodes({"IPAdapterEncoder"}) + nodes(IMAGE_APPLY | STYLE_COMPOSITION):
             loader = self.loader_of(node)
             if loader is None:

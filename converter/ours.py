@@ -17,6 +17,9 @@ LAYOUT = {
     "ApplyIPAdapterStyleComposition": {"inputs": [["model", "MODEL"], ["ipadapter", "IPA_DCA_ADAPTER"], ["style_prompt", "IPA_DCA_IMAGE_PROMPT"], ["composition_prompt", "IPA_DCA_IMAGE_PROMPT"]], "widgets": ["style_weight", "composition_weight", "start_percent", "end_percent", "kv_scaling"], "defaults": [1, 1, 0, 1, "V only"], "outputs": [["MODEL", "MODEL"]], "size": [320, 214]},
     "SaveImagePrompt": {"inputs": [["image_prompt", "IPA_DCA_IMAGE_PROMPT"]], "widgets": ["filename_prefix"], "defaults": ["image_prompt"], "outputs": [], "size": [320, 58]},
     "LoadImagePrompt": {"inputs": [["ipadapter", "IPA_DCA_ADAPTER"]], "widgets": ["prompt_file"], "defaults": [None], "outputs": [["IPA_DCA_IMAGE_PROMPT", "IPA_DCA_IMAGE_PROMPT"]], "size": [320, 58]},
+    "LoadIPAdapter": {"inputs": [], "widgets": ["ipadapter_file"], "defaults": [None], "outputs": [["IPA_DCA_ADAPTER", "IPA_DCA_ADAPTER"]], "size": [320, 58]},
+    "LoadFaceAnalyzer": {"inputs": [], "widgets": ["pack", "backend", "provider"], "defaults": ["buffalo_l", "auto", "auto"], "outputs": [["IPA_DCA_FACE_ANALYZER", "IPA_DCA_FACE_ANALYZER"]], "size": [320, 106]},
+    "EmbedFaces": {"inputs": [["face_analyzer", "IPA_DCA_FACE_ANALYZER"], ["image", "IMAGE"]], "widgets": ["select", "index", "no_face", "crop_size"], "defaults": ["largest", 0, "error", 224], "outputs": [["IPA_DCA_FACES", "IPA_DCA_FACES"], ["IMAGE", "IMAGE"]], "size": [320, 150]},
     "Note": {"inputs": [], "widgets": ["text"], "defaults": [""], "outputs": [], "size": [420, 420]},
 }
 
@@ -29,4 +32,8 @@ DISPLAY = {
     "ApplyIPAdapterStyleComposition": "Apply IP-Adapter Style & Composition",
     "SaveImagePrompt": "Save Image Prompt",
     "LoadImagePrompt": "Load Image Prompt",
+    "LoadIPAdapter": "Load IP-Adapter",
+    "LoadFaceAnalyzer": "Load Face Analyzer",
+    "EmbedFaces": "Embed Faces",
 }
+PROVIDERS = ("auto", "CPU", "CUDA", "ROCM", "DirectML", "CoreML", "OpenVINO", "TensorRT")  # Load Face Analyzer's

@@ -70,7 +70,15 @@ PRESETS = {
     "PLUS FACE (portraits)": ([r"plus.face.sd15\.(safetensors|bin)$"], [r"plus.face.sdxl.vit.h\.(safetensors|bin)$"]),
     "FULL FACE - SD1.5 only (portraits stronger)": ([r"full.face.sd15\.(safetensors|bin)$"], None),
     "Composition": ([r"plus.composition.sd15\.safetensors$"], [r"plus.composition.sdxl\.safetensors$"]),
+    "FACEID": ([r"faceid.sd15\.(safetensors|bin)$"], [r"faceid.sdxl\.(safetensors|bin)$"]),
+    "FACEID PLUS - SD1.5 only": ([r"faceid.plus.sd15\.(safetensors|bin)$"], None),
+    "FACEID PLUS V2": ([r"faceid.plusv2.sd15\.(safetensors|bin)$"], [r"faceid.plusv2.sdxl\.(safetensors|bin)$"]),
+    "FACEID PORTRAIT (style transfer)": ([r"portrait.v11.sd15\.(safetensors|bin)$", r"portrait.sd15\.(safetensors|bin)$"],
+                                         [r"portrait.sdxl\.(safetensors|bin)$"]),
+    "FACEID PORTRAIT UNNORM - SDXL only (strong)": (None, [r"portrait.sdxl.unnorm\.(safetensors|bin)$"]),
 }
+FACEID_PRESETS = {p for p in PRESETS if p.startswith("FACEID")}  # IPAdapterUnifiedLoaderFaceID's
+FACEID_CLIP_PRESETS = {"FACEID PLUS - SD1.5 only", "FACEID PLUS V2"}  # these also show CLIP ViT-H the face crop
 
 # The file each preset names in that pack's README, used when the converter cannot list models/ipadapter.
 PRESET_FILES = {
@@ -81,6 +89,11 @@ PRESET_FILES = {
     "PLUS FACE (portraits)": ("ip-adapter-plus-face_sd15.safetensors", "ip-adapter-plus-face_sdxl_vit-h.safetensors"),
     "FULL FACE - SD1.5 only (portraits stronger)": ("ip-adapter-full-face_sd15.safetensors", None),
     "Composition": ("ip_plus_composition_sd15.safetensors", "ip_plus_composition_sdxl.safetensors"),
+    "FACEID": ("ip-adapter-faceid_sd15.bin", "ip-adapter-faceid_sdxl.bin"),
+    "FACEID PLUS - SD1.5 only": ("ip-adapter-faceid-plus_sd15.bin", None),
+    "FACEID PLUS V2": ("ip-adapter-faceid-plusv2_sd15.bin", "ip-adapter-faceid-plusv2_sdxl.bin"),
+    "FACEID PORTRAIT (style transfer)": ("ip-adapter-faceid-portrait-v11_sd15.bin", "ip-adapter-faceid-portrait_sdxl.bin"),
+    "FACEID PORTRAIT UNNORM - SDXL only (strong)": (None, "ip-adapter-faceid-portrait_sdxl_unnorm.bin"),
 }
 
 # The transformer index its weights are keyed by (one per spatial transformer, input blocks, middle, output

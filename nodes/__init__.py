@@ -24,5 +24,4 @@ NODE_CLASS_MAPPINGS = {
     "EmbedFaces": EmbedFaces,
 }
 # the converter writes these nodes too and keeps their names beside their layout (converter/ours.py)
-NODE_DISPLAY_NAME_MAPPINGS = {"LoadIPAdapter": "Load IP-Adapter", "LoadFaceAnalyzer": "Load Face Analyzer",
-                              "EmbedFaces": "Embed Faces", **DISPLAY}
+NODE_DISPLAY_NAME_MAPPINGS = dict(DISPLAY)

@@ -152,6 +152,53 @@ def by_index(loaded, layer_weights: LayerWeights):
     return {site.index: w for site, w in zip(loaded.adapter.layers, layer_weights.weights)}
 
 
+def apply_image_prompt(node, model, ipadapter, image_prompt, weight, start_percent, end_percent, weight_type="linear",
+                       kv_scaling="V only", per_frame=False, attn_mask=None, layer_weights="", composition_weight=1.0,
+                       style_boost=1.0, composition_boost=0.0, frame_weights="", s_scale=1.0, lora_strength=1.0):
+    """What both Apply IP-Adapter nodes do (the plain one with the advanced inputs at their defaults): check, then
+    patch a clone for an SD1.5/SDXL (CLIP or FaceID) adapter, or hand over to the Flux / SD3.5 glue."""
+    check_inputs(node, ipadapter, {"image_prompt": image_prompt},
+                 {"weight": weight, "composition_weight": composition_weight}, start_percent, end_percent)
+    for name, value, allowed in (("weight_type", weight_type, WEIGHT_TYPES), ("kv_scaling", kv_scaling, KV_SCALING)):
+        if value not in allowed:
+            raise NodeInputError(f"{node}: '{name}' must be one of {list(allowed)}, got {value!r}.")
+    for name, value in (("style_boost", style_boost), ("composition_boost", composition_boost)):
+        if not math.isfinite(value):
+            raise NodeInputError(f"{node}: '{name}' must be a finite number, got {value}.")
+    check_faceid_options(node, ipadapter.spec, s_scale, lora_strength)
+    mask = check_mask(attn_mask, image_prompt.count, node)
+    if ipadapter.spec.family in DIT_APPLY:
+        family, apply_dit = DIT_APPLY[ipadapter.spec.family]
+        check_dit_options(node, family, weight_type, kv_scaling, per_frame, frame_weights)
+        return (apply_dit(model, ipadapter, image_prompt, weight, sigma_range(model, start_percent, end_percent),
+                          mask, layer_weights, node),)
+    frames = None
+    if frame_weights and frame_weights.strip():
+        if not per_frame:
+            raise NodeInputError(f"{node}: 'frame_weights' needs per_frame on (one reference image per frame).")
+        frames = parse_numbers(frame_weights, image_prompt.count, "frame_weights", "frames", node)
+    check_model_fits(model, ipadapter, node)
+    if is_faceid(ipadapter.spec):
+        faceid = faceid_prompt(node, image_prompt, mask, s_scale, per_frame, frames)
+        if faceid is None:
+            return (model,)
+        image_prompt, mask, frames = faceid
+    family = ipadapter.spec.family
+    boost = style_boost if weight_type == "style transfer precise" else composition_boost
+    weights = schedule(weight_type, family, weight, composition_weight, boost)
+    try:
+        weights = apply_layer_weights(layer_weights, family, weights, weight)
+    except LayerWeightsError as e:
+        raise NodeInputError(f"{node}: {e}") from None
+    entry = ImagePromptEntry(ipadapter, image_prompt, by_index(ipadapter, weights),
+                             *sigma_range(model, start_percent, end_percent), mask=mask, swapped=weights.swapped,
+                             kv_scaling=kv_scaling, per_frame=per_frame, frame_weights=frames)
+    patched = patched_clone(model, ipadapter, [entry])
+    if is_faceid(ipadapter.spec):
+        add_lora(node, patched, ipadapter, lora_strength)
+    return (patched,)
+
+
 MODEL_TOOLTIP = "The SD1.5 or SDXL model to steer. It is not changed: a patched copy is returned."
 ADAPTER_TOOLTIP = "The IP-Adapter from Load IP-Adapter; the same one that encoded the image prompt."
 WEIGHT_TOOLTIP = ("How strongly the image steers the picture. 1.0 for an image-only prompt; about 0.5 when a text prompt "
@@ -202,26 +249,8 @@ class ApplyIPAdapter:
     )
 
     def apply(self, model, ipadapter, image_prompt, weight, start_percent, end_percent, attn_mask=None):
-        node = self.NODE
-        check_inputs(node, ipadapter, {"image_prompt": image_prompt}, {"weight": weight}, start_percent, end_percent)
-        mask = check_mask(attn_mask, image_prompt.count, node)
-        if ipadapter.spec.family in DIT_APPLY:
-            _, apply_dit = DIT_APPLY[ipadapter.spec.family]
-            return (apply_dit(model, ipadapter, image_prompt, weight, sigma_range(model, start_percent, end_percent),
-                              mask, "", node),)
-        check_model_fits(model, ipadapter, node)
-        if is_faceid(ipadapter.spec):
-            faceid = faceid_prompt(node, image_prompt, mask, 1.0, False, None)
-            if faceid is None:
-                return (model,)
-            image_prompt, mask, _ = faceid
-        layer_weights = by_index(ipadapter, schedule("linear", ipadapter.spec.family, weight))
-        entry = ImagePromptEntry(ipadapter, image_prompt, layer_weights, *sigma_range(model, start_percent, end_percent),
-                                 mask=mask)
-        patched = patched_clone(model, ipadapter, [entry])
-        if is_faceid(ipadapter.spec):
-            add_lora(node, patched, ipadapter, 1.0)
-        return (patched,)
+        return apply_image_prompt(self.NODE, model, ipadapter, image_prompt, weight, start_percent, end_percent,
+                                  attn_mask=attn_mask)
 
 
 class ApplyIPAdapterAdvanced:
@@ -298,47 +327,9 @@ class ApplyIPAdapterAdvanced:
     def apply(self, model, ipadapter, image_prompt, weight, start_percent, end_percent, weight_type="linear",
               kv_scaling="V only", per_frame=False, attn_mask=None, layer_weights="", composition_weight=1.0,
               style_boost=1.0, composition_boost=0.0, frame_weights="", s_scale=1.0, lora_strength=1.0):
-        node = self.NODE
-        check_inputs(node, ipadapter, {"image_prompt": image_prompt},
-                     {"weight": weight, "composition_weight": composition_weight}, start_percent, end_percent)
-        for name, value, allowed in (("weight_type", weight_type, WEIGHT_TYPES), ("kv_scaling", kv_scaling, KV_SCALING)):
-            if value not in allowed:
-                raise NodeInputError(f"{node}: '{name}' must be one of {list(allowed)}, got {value!r}.")
-        for name, value in (("style_boost", style_boost), ("composition_boost", composition_boost)):
-            if not math.isfinite(value):
-                raise NodeInputError(f"{node}: '{name}' must be a finite number, got {value}.")
-        check_faceid_options(node, ipadapter.spec, s_scale, lora_strength)
-        mask = check_mask(attn_mask, image_prompt.count, node)
-        if ipadapter.spec.family in DIT_APPLY:
-            family, apply_dit = DIT_APPLY[ipadapter.spec.family]
-            check_dit_options(node, family, weight_type, kv_scaling, per_frame, frame_weights)
-            return (apply_dit(model, ipadapter, image_prompt, weight, sigma_range(model, start_percent, end_percent),
-                              mask, layer_weights, node),)
-        frames = None
-        if frame_weights and frame_weights.strip():
-            if not per_frame:
-                raise NodeInputError(f"{node}: 'frame_weights' needs per_frame on (one reference image per frame).")
-            frames = parse_numbers(frame_weights, image_prompt.count, "frame_weights", "frames", node)
-        check_model_fits(model, ipadapter, node)
-        if is_faceid(ipadapter.spec):
-            faceid = faceid_prompt(node, image_prompt, mask, s_scale, per_frame, frames)
-            if faceid is None:
-                return (model,)
-            image_prompt, mask, frames = faceid
-        family = ipadapter.spec.family
-        boost = style_boost if weight_type == "style transfer precise" else composition_boost
-        weights = schedule(weight_type, family, weight, composition_weight, boost)
-        try:
-            weights = apply_layer_weights(layer_weights, family, weights, weight)
-        except LayerWeightsError as e:
-            raise NodeInputError(f"{node}: {e}") from None
-        entry = ImagePromptEntry(ipadapter, image_prompt, by_index(ipadapter, weights),
-                                 *sigma_range(model, start_percent, end_percent), mask=mask, swapped=weights.swapped,
-                                 kv_scaling=kv_scaling, per_frame=per_frame, frame_weights=frames)
-        patched = patched_clone(model, ipadapter, [entry])
-        if is_faceid(ipadapter.spec):
-            add_lora(node, patched, ipadapter, lora_strength)
-        return (patched,)
+        return apply_image_prompt(self.NODE, model, ipadapter, image_prompt, weight, start_percent, end_percent,
+                                  weight_type, kv_scaling, per_frame, attn_mask, layer_weights, composition_weight,
+                                  style_boost, composition_boost, frame_weights, s_scale, lora_strength)
 
 
 class ApplyIPAdapterStyleComposition:

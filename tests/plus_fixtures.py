@@ -36,6 +36,7 @@ SOCKETS = {
                          ("attn_mask", K, True), ("clip_vision", C, True), ("insightface", "INSIGHTFACE", True)],
                         [M, I]),
 }
+SOCKETS["IPAAdapterFaceIDBatch"] = SOCKETS["IPAdapterFaceID"]
 ADVANCED = [("model", M, False), ("ipadapter", A, False), ("image", I, False), ("image_negative", I, True),
             ("attn_mask", K, True), ("clip_vision", C, True)]
 for kind in ("IPAdapterAdvanced", "IPAdapterBatch", "IPAdapterPreciseStyleTransfer", "IPAdapterPreciseComposition",
@@ -158,7 +159,7 @@ def style_composition_sdxl():
 
 
 def faceid_and_noise():
-    """What stays: FaceID (not converted yet) and the noise generator; a plain IPAdapter beside them converts."""
+    """What stays: the noise generator; the FaceID pair and a plain IPAdapter beside it convert."""
     g = bw.Graph()
     n = base(g)
     faceid_loader = g.add("IPAdapterUnifiedLoaderFaceID", "models", {"preset": "FACEID PLUS V2", "lora_strength": 0.6},
@@ -173,10 +174,38 @@ def faceid_and_noise():
     return bw.sample(g, n, out(apply), steps=4, size=(256, 256))
 
 
+def faceid_unified():
+    """The unified FaceID loader (Plus v2, its LoRA at 0.6) and IPAdapter FaceID with weight_faceidv2, whose face crops
+    go to a preview."""
+    g = bw.Graph()
+    n = base(g, reference=False)
+    face = g.add("LoadImage", "images", {"image": "face.png"})
+    loader = g.add("IPAdapterUnifiedLoaderFaceID", "models", {"preset": "FACEID PLUS V2", "lora_strength": 0.6},
+                   model=out(n["checkpoint"]))
+    faceid = g.add("IPAdapterFaceID", "apply", {"weight": 0.85, "weight_faceidv2": 1.5, "start_at": 0.1},
+                   model=out(loader), ipadapter=out(loader, 1), image=out(face))
+    g.add("ImageBatch", "output", image1=out(faceid, 1), image2=out(faceid, 1))  # a consumer of its face_image
+    return bw.sample(g, n, out(faceid), steps=4, size=(256, 256))
+
+
+def faceid_batch_insightface():
+    """A FaceID file through the plain model loader, that pack's InsightFace loader, and one face per frame."""
+    g = bw.Graph()
+    n = base(g, reference=False)
+    batch = g.add("ImageBatch", "images", image1=out(g.add("LoadImage", "images", {"image": "face_1.png"})),
+                  image2=out(g.add("LoadImage", "images", {"image": "face_2.png"})))
+    loader = g.add("IPAdapterModelLoader", "models", {"ipadapter_file": "ip-adapter-faceid_sd15.bin"})
+    insightface = g.add("IPAdapterInsightFaceLoader", "models", {"provider": "CPU"})
+    faceid = g.add("IPAAdapterFaceIDBatch", "apply", {"weight": 0.9, "weight_type": "ease in"},
+                   model=out(n["checkpoint"]), ipadapter=out(loader), image=out(batch), insightface=out(insightface))
+    return bw.sample(g, n, out(faceid), steps=4, size=(256, 256), batch=2)
+
+
 FIXTURES = {"plus_unified_simple": unified_simple, "plus_advanced_model_loader": advanced_model_loader,
             "plus_embeds_pipeline": embeds_pipeline, "plus_batch_and_layers": batch_and_layers,
             "plus_load_embeds": load_embeds, "plus_style_composition_sdxl": style_composition_sdxl,
-            "plus_faceid_and_noise": faceid_and_noise}
+            "plus_faceid_and_noise": faceid_and_noise, "plus_faceid_unified": faceid_unified,
+            "plus_faceid_batch_insightface": faceid_batch_insightface}
 
 
 def fixture(name) -> dict:

@@ -163,21 +163,72 @@ def test_what_has_no_equivalent_stays_in_place():
     original, workflow, report, _ = converted("plus_faceid_and_noise")
     before = {n["id"]: n for n in original["nodes"]}
     kept = [n for n in workflow["nodes"] if n["type"] in WIDGETS]
-    assert sorted(n["type"] for n in kept) == ["IPAdapterFaceID", "IPAdapterNoise", "IPAdapterUnifiedLoaderFaceID"]
+    assert [n["type"] for n in kept] == ["IPAdapterNoise"]
     for node in kept:
         assert {k: v for k, v in node.items() if k not in ("order", "outputs")} == \
                {k: v for k, v in before[node["id"]].items() if k not in ("order", "outputs")}
     ids = {n["type"]: str(n["id"]) for n in original["nodes"]}
-    assert [line.split(":")[0] for line in report.left] == [
-        f"#{ids['IPAdapterUnifiedLoaderFaceID']} IPAdapterUnifiedLoaderFaceID", f"#{ids['IPAdapterFaceID']} IPAdapterFaceID",
-        f"#{ids['IPAdapterNoise']} IPAdapterNoise"]
+    assert [line.split(":")[0] for line in report.left] == [f"#{ids['IPAdapterNoise']} IPAdapterNoise"]
     apply = next(n for n in workflow["nodes"] if n["type"] == "ApplyIPAdapter")
     links = {link[0]: link for link in workflow["links"]}
     model_link = links[next(i["link"] for i in apply["inputs"] if i["name"] == "model")]
-    assert model_link[1] == int(ids["IPAdapterFaceID"])  # the FaceID node still feeds the converted one
-    encode = next(n for n in workflow["nodes"] if n["type"] == "EncodeImagePrompt")
+    assert model_link[1] == int(ids["IPAdapterFaceID"])  # the converted FaceID node feeds the converted IPAdapter
+    encode = next(n for n in workflow["nodes"] if n["type"] == "EncodeImagePrompt" and
+                  any(i["name"] == "negative_image" and i["link"] for i in n["inputs"]))
     negative = links[next(i["link"] for i in encode["inputs"] if i["name"] == "negative_image")]
     assert negative[1] == int(ids["IPAdapterNoise"])
+
+
+def test_faceid_unified_loader_and_apply_become_the_face_nodes():
+    original, workflow, report, prompt = converted("plus_faceid_unified")
+    ids = {n["type"]: str(n["id"]) for n in original["nodes"]}
+    face = next(str(n["id"]) for n in original["nodes"] if n["type"] == "LoadImage")
+    ((loader, loader_inputs),) = by_type(prompt, "LoadIPAdapterAndEncoder")  # Plus: CLIP sees the face crop
+    assert loader == ids["IPAdapterUnifiedLoaderFaceID"]
+    assert loader_inputs == {"ipadapter_file": "ip-adapter-faceid-plusv2_sd15.bin", "clip_vision": ours.AUTO}
+    ((analyzer, analyzer_inputs),) = by_type(prompt, "LoadFaceAnalyzer")
+    assert analyzer_inputs == {"pack": "buffalo_l", "backend": "auto", "provider": "CPU"}
+    ((embed, embed_inputs),) = by_type(prompt, "EmbedFaces")
+    assert embed_inputs == {"select": "highest score", "index": 0, "no_face": "error", "crop_size": 224,
+                            "face_analyzer": [analyzer, 0], "image": [face, 0]}
+    ((encode, encode_inputs),) = by_type(prompt, "EncodeImagePrompt")
+    assert encode_inputs == {"crop": "center crop", "combine": "concat", "image_weights": "", "content_scale": 0.5,
+                             "ipadapter": [loader, 0], "clip_vision": [loader, 1], "faces": [embed, 0]}
+    ((apply, inputs),) = by_type(prompt, "ApplyIPAdapterAdvanced")
+    assert apply == ids["IPAdapterFaceID"]
+    assert inputs == {"weight": 0.85, "start_percent": 0.1, "end_percent": 1.0, "weight_type": "linear",
+                      "kv_scaling": "V only", "per_frame": False, "layer_weights": "", "composition_weight": 1,
+                      "style_boost": 1, "composition_boost": 0, "frame_weights": "", "s_scale": 1.5,
+                      "lora_strength": 0.6, "model": [ids["CheckpointLoaderSimple"], 0], "ipadapter": [loader, 0],
+                      "image_prompt": [encode, 0]}  # the loader's LoRA moves to the apply node; the model goes round
+    assert by_type(prompt, "ImageBatch")[0][1] == {"image1": [embed, 1], "image2": [embed, 1]}  # face_image: the crops
+    assert by_type(prompt, "KSampler")[0][1]["model"] == [apply, 0]
+    assert report.left == [] and report.approximated == []
+
+
+def test_faceid_model_loader_insightface_loader_and_batch():
+    original, workflow, report, prompt = converted("plus_faceid_batch_insightface")
+    ids = {n["type"]: str(n["id"]) for n in original["nodes"]}
+    ((loader, loader_inputs),) = by_type(prompt, "LoadIPAdapter")  # plain FaceID: no image encoder
+    assert loader == ids["IPAdapterModelLoader"] and loader_inputs == {"ipadapter_file": "ip-adapter-faceid_sd15.bin"}
+    ((analyzer, analyzer_inputs),) = by_type(prompt, "LoadFaceAnalyzer")
+    assert analyzer == ids["IPAdapterInsightFaceLoader"]
+    assert analyzer_inputs == {"pack": "buffalo_l", "backend": "auto", "provider": "CPU"}
+    ((embed, embed_inputs),) = by_type(prompt, "EmbedFaces")
+    assert embed_inputs["face_analyzer"] == [analyzer, 0] and embed_inputs["image"] == [ids["ImageBatch"], 0]
+    ((encode, encode_inputs),) = by_type(prompt, "EncodeImagePrompt")
+    assert "clip_vision" not in encode_inputs and encode_inputs["faces"] == [embed, 0]
+    ((_, inputs),) = by_type(prompt, "ApplyIPAdapterAdvanced")
+    assert (inputs["weight"], inputs["weight_type"], inputs["per_frame"], inputs["lora_strength"]) == (0.9, "ease in",
+                                                                                                     True, 0.0)
+    assert any("lora_strength 0 on its FaceID apply nodes: that pack applied no FaceID LoRA here" in line
+               for line in report.assumed)
+
+
+def test_face_analyzer_providers_are_the_nodes():
+    from ipadapter_core import faces
+
+    assert ours.PROVIDERS == ("auto",) + tuple(faces.PROVIDERS)
 
 
 @pytest.mark.parametrize("name", CLEAN)

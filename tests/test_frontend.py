@@ -152,7 +152,8 @@ def converted_fixture(name, files=None):
 
 
 @pytest.mark.parametrize("name", ["plus_advanced_model_loader", "plus_batch_and_layers", "plus_embeds_pipeline",
-                                  "plus_load_embeds", "plus_style_composition_sdxl", "plus_unified_simple"])
+                                  "plus_load_embeds", "plus_style_composition_sdxl", "plus_unified_simple",
+                                  "plus_faceid_unified", "plus_faceid_batch_insightface"])
 def test_converted_workflow_in_the_real_frontend(name, frontend, server, tmp_path):
     workflow, _, intended = converted_fixture(name)
     path = tmp_path / f"{name}_converted.json"
@@ -168,8 +169,8 @@ def test_nodes_left_in_place_are_the_only_missing_ones(frontend, tmp_path):
     frontend.drop_workflow(str(path))
     nodes = frontend.inspect()["nodes"]
     missing = sorted(n["type"] for n in nodes if not n["registered"])
-    assert missing == ["IPAdapterFaceID", "IPAdapterNoise", "IPAdapterUnifiedLoaderFaceID"]
-    assert len(report.left) == 3
+    assert missing == ["IPAdapterNoise"]
+    assert len(report.left) == 1
 
 
 def test_the_canvas_command_converts_the_open_graph(frontend, server, tmp_path):

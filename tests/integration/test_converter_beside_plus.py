@@ -52,7 +52,7 @@ def test_their_widget_order_is_what_the_frontend_builds(frontend):
 
 @pytest.mark.parametrize("name", ["plus_advanced_model_loader", "plus_batch_and_layers", "plus_embeds_pipeline",
                                   "plus_faceid_and_noise", "plus_load_embeds", "plus_style_composition_sdxl",
-                                  "plus_unified_simple"])
+                                  "plus_unified_simple", "plus_faceid_unified", "plus_faceid_batch_insightface"])
 def test_fixture_is_a_workflow_that_pack_accepts(name, frontend, server, tmp_path):
     from plus_fixtures import fixture
     from test_frontend_real import validation_problems
@@ -83,9 +83,8 @@ def test_the_command_converts_with_that_pack_installed(frontend, server, tmp_pat
                                 "() => window.app.graph._nodes.some(n => n.type === 'LoadIPAdapterAndEncoder')")
     assert result == {"registered": True, "found": True}
     report = frontend.inspect()
-    assert all(n["registered"] for n in report["nodes"]) and report["dialogs"] == []  # the FaceID nodes still load
+    assert all(n["registered"] for n in report["nodes"]) and report["dialogs"] == []  # the noise node still loads
     workflow, _ = convert_workflow(fixture("plus_faceid_and_noise"), {"ipadapter": []})
     ours = api_prompt(workflow, load_definitions(), load_frontend_nodes())
     assert prompt_differences({k: v for k, v in report["output"].items() if k in ours}, ours) == []
-    assert {v["class_type"] for k, v in report["output"].items() if k not in ours} == {
-        "IPAdapterUnifiedLoaderFaceID", "IPAdapterFaceID", "IPAdapterNoise"}
+    assert {v["class_type"] for k, v in report["output"].items() if k not in ours} == {"IPAdapterNoise"}

@@ -96,7 +96,7 @@ def test_workflow_in_the_real_frontend_and_server(name, frontend, server):
 
 
 CONVERTED = ["plus_advanced_model_loader", "plus_batch_and_layers", "plus_embeds_pipeline", "plus_load_embeds",
-             "plus_style_composition_sdxl", "plus_unified_simple"]
+             "plus_style_composition_sdxl", "plus_unified_simple", "plus_faceid_unified", "plus_faceid_batch_insightface"]
 
 
 def converted_fixture(name, files=None):

@@ -302,7 +302,8 @@ def test_workflow_runs_with_synthetic_weights(path, model_files, executor):
     run(executor, prompt)
 
 
-CONVERTED_RUNS = ["plus_advanced_model_loader", "plus_batch_and_layers", "plus_embeds_pipeline", "plus_unified_simple"]
+CONVERTED_RUNS = ["plus_advanced_model_loader", "plus_batch_and_layers", "plus_embeds_pipeline", "plus_unified_simple",
+                  "plus_faceid_unified", "plus_faceid_batch_insightface"]
 
 
 @pytest.mark.parametrize("name", CONVERTED_RUNS)
