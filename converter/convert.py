@@ -511,35 +511,24 @@ class Converter:
             self.convert_loader(node)
         for node in nodes({"IPAdapterInsightFaceLoader"}):
             self.convert_insightface_loader(node)
-        for node in nodes(FACEID_APPLY):
-            loader = self.loader_of(node)
-            if loader is None:
-                self.report.left.append(f"{label(node)}: its ipadapter does not come from an IP-Adapter loader that "
-                                        "could be converted")
-            else:
-                self.convert_faceid_apply(node, loader)
-        for node in nodes({"IPAdapterEncoder"}) + nodes(IMAGE_APPLY | STYLE_COMPOSITION):
-            loader = self.loader_of(node)
-            if loader is None:
-                self.report.left.append(f"{label(node)}: its ipadapter does not come from an IP-Adapter loader that "
-                                        "could be converted")
-            elif node["type"] == "IPAdapterEncoder":
-                self.convert_encoder(node, loader)
-            elif node["type"] in STYLE_COMPOSITION:
-                self.convert_style_composition(node, loader)
-            else:
-                self.convert_image_apply(node, loader)
+        def with_loader(kinds, convert):  # each node of these kinds, with the converted loader it uses
+            for node in nodes(kinds):
+                loader = self.loader_of(node)
+                if loader is None:
+                    self.report.left.append(f"{label(node)}: its ipadapter does not come from an IP-Adapter loader "
+                                            "that could be converted")
+                else:
+                    convert(node, loader)
+
+        with_loader(FACEID_APPLY, self.convert_faceid_apply)
+        with_loader({"IPAdapterEncoder"}, self.convert_encoder)
+        with_loader(STYLE_COMPOSITION, self.convert_style_composition)
+        with_loader(IMAGE_APPLY, self.convert_image_apply)
         for node in nodes({"IPAdapterLoadEmbeds"}):
             self.convert_load_embeds(node)
         for node in nodes({"IPAdapterCombineEmbeds"}):
             self.convert_combine(node)
-        for node in nodes(EMBEDS_APPLY):
-            loader = self.loader_of(node)
-            if loader is None:
-                self.report.left.append(f"{label(node)}: its ipadapter does not come from an IP-Adapter loader that "
-                                        "could be converted")
-            else:
-                self.convert_embeds_apply(node, loader)
+        with_loader(EMBEDS_APPLY, self.convert_embeds_apply)
         for node in nodes({"IPAdapterSaveEmbeds"}):
             self.convert_save_embeds(node)
         for node in self.wf.nodes.values():
