@@ -79,7 +79,7 @@ class LoadIPAdapter:
     RETURN_TYPES = (ADAPTER_TYPE,)
     RETURN_NAMES = ("ipadapter",)
     OUTPUT_TOOLTIPS = ("The loaded IP-Adapter. Connect it to Encode Image Prompt and Apply IP-Adapter.",)
-    FUNCTION = "load"
+    FUNCTION = "run"
     CATEGORY = CATEGORY
     DESCRIPTION = (
         "Loads an IP-Adapter model file and detects which variant it is. The file is read once and reused "
@@ -92,6 +92,11 @@ class LoadIPAdapter:
             return (load_cached(path),)
         except AdapterFileError as e:
             raise AdapterFileError(f"Load IP-Adapter: {e}") from None
+
+    def run(self, ipadapter_file):
+        """The node: the adapter, and under the node what the file was found to be (FaceID: how v1/v2 was told)."""
+        (adapter,) = self.load(ipadapter_file)
+        return {"ui": {"text": [adapter.spec.label]}, "result": (adapter,)}
 
 
 AUTO = "auto (by content)"
@@ -192,4 +197,4 @@ class LoadIPAdapterAndEncoder:
                 logger.warning("Load IP-Adapter + Encoder: %s is %s, but %s needs %s; Encode Image Prompt will refuse "
                                "it. Set clip_vision to auto.", clip_vision, found.kind, adapter.file_name, needed)
         logger.info("Load IP-Adapter + Encoder: %s uses %s", adapter.file_name, how)
-        return {"ui": {"text": [f"encoder: {how}"]}, "result": (adapter, load_encoder(clip_vision))}
+        return {"ui": {"text": [adapter.spec.label, f"encoder: {how}"]}, "result": (adapter, load_encoder(clip_vision))}

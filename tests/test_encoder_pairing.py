@@ -148,7 +148,8 @@ def test_an_encoder_chosen_on_the_node_is_loaded_as_is(folders):
                                                                     "standin-vit-h.safetensors")
     adapter, encoder = out["result"]
     assert adapter.spec.encoder.name == "ViT-H/14" and isinstance(encoder, ClipVisionModel)
-    assert out["ui"] == {"text": ["encoder: standin-vit-h.safetensors (chosen on the node)"]}
+    assert out["ui"] == {"text": ["SD1.5 IP-Adapter (4 tokens, needs CLIP vision ViT-H/14)",
+                                 "encoder: standin-vit-h.safetensors (chosen on the node)"]}
 
 
 def test_faceid_plus_is_paired_with_vit_h_and_plain_faceid_with_nothing(folders):
@@ -161,7 +162,10 @@ def test_faceid_plus_is_paired_with_vit_h_and_plain_faceid_with_nothing(folders)
     encoder_header_file(str(clip_vision / "model.safetensors"), *RELEASED[encoders.VIT_H])
     encoder_header_file(str(clip_vision / "bigg.safetensors"), *RELEASED[encoders.VIT_BIGG])
     loader = pack_module("nodes.loader")
-    plus = loader.LoadIPAdapter().load("ip-adapter-faceid-plusv2_sd15.bin")[0]
+    shown = loader.LoadIPAdapter().run("ip-adapter-faceid-plusv2_sd15.bin")
+    plus = shown["result"][0]
+    # the node says what it concluded: v1 and v2 share their tensors; a renamed or re-saved copy is told by its name
+    assert shown["ui"]["text"] == ["SD1.5 FaceID-Plus v2 IP-Adapter (4 tokens per face, file name)"]
     assert loader.pick_encoder_file(plus.spec, plus.file_name) == ("model.safetensors",
                                                                     "model.safetensors (ViT-H/14, found by content)")
     with pytest.raises(AdapterFileError, match=r"^Load IP-Adapter \+ Encoder: ip-adapter-faceid_sd15\.bin is an SD1\.5 "

@@ -194,18 +194,21 @@ def test_the_canvas_command_converts_the_open_graph(frontend, server, tmp_path):
     assert server.unrecorded == []
 
 
-def test_the_encoder_choice_is_shown_on_the_loader_after_a_run(frontend):
-    """What Load IP-Adapter + Encoder reports (its 'ui' text) reaches the node as the frontend delivers a run's
-    output, and is drawn, not saved."""
+@pytest.mark.parametrize("kind", ["LoadIPAdapter", "LoadIPAdapterAndEncoder"])
+def test_what_the_loader_found_is_shown_after_a_run(frontend, kind):
+    """What the loaders report (their 'ui' text: the variant, how FaceID v1/v2 was told, the encoder) reaches the node
+    as the frontend delivers a run's output, and is drawn, not saved."""
     frontend.clear()
-    state = frontend.page.evaluate("""async () => {
-      const node = LiteGraph.createNode('LoadIPAdapterAndEncoder');
+    lines = ["SD1.5 FaceID-Plus v2 IP-Adapter (4 tokens per face, file size)",
+             "encoder: model.safetensors (ViT-H/14, found by content)"]
+    state = frontend.page.evaluate("""async ([kind, lines]) => {
+      const node = LiteGraph.createNode(kind);
       window.app.graph.add(node);
-      node.onExecuted({text: ['encoder: model.safetensors (ViT-H/14, found by content)']});
+      node.onExecuted({text: lines});
       window.app.canvas.draw(true, true);
-      return {shown: node.ipaEncoderChoice, saved: JSON.stringify(node.serialize()).includes('found by content')};
-    }""")
-    assert state == {"shown": "encoder: model.safetensors (ViT-H/14, found by content)", "saved": False}
+      return {shown: node.ipaLoaded, saved: JSON.stringify(node.serialize()).includes('file size')};
+    }""", [kind, lines])
+    assert state == {"shown": lines, "saved": False}
 
 
 def test_the_convert_route_answers_bad_requests_with_the_reason(server):
