@@ -74,3 +74,19 @@ def make_faceid_checkpoint(variant, seed=0, dtype=torch.float16, hidden_scale=1,
     if lora:
         ip.update(lora_state(family, gen, dtype, hidden_scale, rank))
     return {"image_proj": proj, "ip_adapter": ip}
+
+
+def narrow_faceid_adapter(variant, name=None, seed=0, hidden_scale=5):
+    """Our FaceIDAdapter with the full-size file's projection and spec, and its K/V and LoRA narrowed to a UNet built
+    with 1/hidden_scale of the channels (as synthetic.reduced_adapter for the CLIP-based adapters)."""
+    from ipadapter_core import adapter_from_state_dict
+
+    adapter = adapter_from_state_dict(make_faceid_checkpoint(variant, seed=seed, dtype=torch.float32, rank=4),
+                                      name or f"{variant}.bin")
+    narrow = make_faceid_checkpoint(variant, seed=seed, dtype=torch.float32, hidden_scale=hidden_scale, rank=4)
+    for key, value in narrow["ip_adapter"].items():
+        index, proj, _ = key.split(".", 2)
+        if proj in ("to_k_ip", "to_v_ip"):
+            getattr(adapter.ip_adapter[index], proj).weight = torch.nn.Parameter(value, requires_grad=False)
+    adapter.lora = {k: v for k, v in narrow["ip_adapter"].items() if "_lora." in k}
+    return adapter

@@ -18,9 +18,8 @@ pytest.importorskip("onnxruntime", reason="the face backend runs on onnxruntime"
 
 import synthetic_faces as sf  # noqa: E402
 from standin_host import ClipVisionModel, folder_paths, forward, load_pack, model_patcher, pack_module  # noqa: E402
-from synthetic_faceid import make_faceid_checkpoint  # noqa: E402
+from synthetic_faceid import narrow_faceid_adapter  # noqa: E402
 
-from ipadapter_core import adapter_from_state_dict  # noqa: E402
 from ipadapter_core import faces as backend  # noqa: E402
 from ipadapter_core.faceid import faceid_token_parts, faceid_tokens, lora_weights  # noqa: E402
 
@@ -60,21 +59,12 @@ def face_image(squares=ONE, seed=0):
 
 
 def loaded_faceid(variant, seed=0, name=None):
-    """A LoadedAdapter of the full-size file's projection and spec, with K/V and LoRA narrowed to the tiny UNet (64
-    channels = 320 / 5), as standin_host.loaded_adapter does for the CLIP-based adapters."""
+    """A LoadedAdapter around a FaceID adapter narrowed to the tiny UNet (64 channels = 320 / 5)."""
     import comfy.model_patcher
 
-    name = name or f"{variant}.bin"
-    adapter = adapter_from_state_dict(make_faceid_checkpoint(variant, seed=seed, dtype=torch.float32, rank=4), name)
-    narrow = make_faceid_checkpoint(variant, seed=seed, dtype=torch.float32, hidden_scale=5, rank=4)["ip_adapter"]
-    for key, value in narrow.items():
-        index, proj, _ = key.split(".", 2)
-        if proj in ("to_k_ip", "to_v_ip"):
-            getattr(adapter.ip_adapter[index], proj).weight = torch.nn.Parameter(value, requires_grad=False)
-    adapter.lora = {k: v for k, v in narrow.items() if "_lora." in k}
-
+    adapter = narrow_faceid_adapter(variant, name, seed)
     patcher = comfy.model_patcher.ModelPatcher(adapter, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
-    return pack_module("nodes.loader").LoadedAdapter(adapter, patcher, name)
+    return pack_module("nodes.loader").LoadedAdapter(adapter, patcher, name or f"{variant}.bin")
 
 
 def embed(nodes, analyzer, image, **options):
