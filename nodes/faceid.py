@@ -83,7 +83,7 @@ def encode_faces(node, loaded, faces, clip_vision, combine, image_weights) -> Im
             embeds = combine_features(embeds[keep], combine, weights[keep])
             hidden = None if hidden is None else combine_features(hidden[keep], combine, weights[keep])
         except ValueError as e:
-            raise NodeInputError(f"{node}: 'image_weights': {e}.") from None
+            raise NodeInputError(f"{node}: combine '{combine}' of the faces: {e}.") from None
         found, weights = found.any()[None], torch.ones(1)
     zero_embed = torch.zeros(1, embeds.shape[1])
     zero_hidden = None if hidden is None else encode_pixels(clip_vision, torch.zeros(1, 3, 224, 224),

@@ -167,6 +167,9 @@ def test_faceid_tokens_are_the_projection_of_the_faces(nodes, analyzer):
     assert torch.allclose(prompt.uncond, zero.expand(2, -1, -1), atol=1e-6, rtol=0)
     average = encode(nodes, loaded, faces, combine="average")
     assert torch.allclose(average.cond, faceid_tokens(loaded.adapter, normed(faces).mean(0, keepdim=True)), atol=1e-6)
+    with pytest.raises(ValueError, match=r"^Encode Image Prompt: combine 'average' of the faces: the image weights add "
+                                         r"up to 0"):
+        encode(nodes, loaded, faces, combine="average", image_weights="1, -1")
 
 
 def test_portrait_unnorm_reads_the_raw_embedding(nodes, analyzer):
