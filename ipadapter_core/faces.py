@@ -22,7 +22,7 @@ converts), boxes and landmarks are in image pixels, embeddings are float32 as th
 import glob
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -423,6 +423,28 @@ def select_face(faces, how="largest", index=0):
         raise ValueError(f"The face index counts from 0 (the leftmost face); got {index}.")
     by_x = sorted(faces, key=lambda f: f.box[0])
     return by_x[index] if index < len(by_x) else None
+
+
+RETRY_MARGIN = 0.5  # of the image's longer side, added in black on every side for the second try
+
+
+def analyze_with_margin(analyzer, image_bgr, crop_size=224):
+    """(faces, whether the margin was needed): every face, best score first, as analyzer.analyze gives them; when
+    there is none, once more with a black margin around the image. Detectors miss a face that fills the frame (a
+    tight crop of a face); with the margin it is smaller in the detector's input (the FaceID author's advice for
+    large faces, cubiq#145). Boxes and landmarks are moved back into the image's own pixels; the embedding and crop
+    come from the padded image, whose margin is the black that alignment puts outside an image anyway."""
+    faces = analyzer.analyze(image_bgr, crop_size)
+    if faces:
+        return faces, False
+    image = check_image(image_bgr)
+    margin = int(round(max(image.shape[:2]) * RETRY_MARGIN))
+    padded = np.pad(image, ((margin, margin), (margin, margin), (0, 0)))
+    moved = []
+    for face in analyzer.analyze(padded, crop_size):
+        box = tuple(v - margin for v in face.box)
+        moved.append(replace(face, box=box, landmarks=face.landmarks - np.float32(margin)))
+    return moved, bool(moved)
 
 
 def check_image(image):

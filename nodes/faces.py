@@ -213,15 +213,19 @@ class EmbedFaces:
         recognizer = getattr(analyzer, "recognizer_name", analyzer.pack.recognizer_name)  # insightface's own choice
         faces = []
         for i in range(image.shape[0]):
-            found = face_backend.select_face(analyzer.analyze(to_bgr(image[i], i), crop_size), select, index)
+            where = f"image {i + 1} of {image.shape[0]}" if image.shape[0] > 1 else "the image"
+            candidates, padded = face_backend.analyze_with_margin(analyzer, to_bgr(image[i], i), crop_size)
+            if padded:
+                logger.info("%s: the face in %s was found only with a margin around the photo (it fills the frame)",
+                            node, where)
+            found = face_backend.select_face(candidates, select, index)
             if found is None:
-                where = f"image {i + 1} of {image.shape[0]}" if image.shape[0] > 1 else "the image"
                 what = (f"fewer than {index + 1} faces" if select == "index from left" else "no face")
                 if no_face == "error":
                     raise NodeInputError(
-                        f"{node}: {analyzer.name} found {what} in {where}. Use a photo where the face is clearly "
-                        "visible (upper body framing works best; very large, tight crops of a face may not be "
-                        "detected: add a margin), or set no_face to 'skip' to give such images weight 0.")
+                        f"{node}: {analyzer.name} found {what} in {where}, also with a margin added around it. Use a "
+                        "photo where the face is clearly visible (upper body framing works best), or set no_face to "
+                        "'skip' to give such images weight 0.")
                 logger.info("%s: %s in %s: it gets weight 0", node, what, where)
                 found = face_backend.no_face(crop_size, recognizer)
             faces.append(found)

@@ -48,8 +48,11 @@ def _model(nodes, inputs, outputs, inits, name):
     return model
 
 
-def detector_model(strides=(8, 16, 32), anchors=2, keypoints=True):
+def detector_model(strides=(8, 16, 32), anchors=2, keypoints=True, width_penalty=0.005):
     """The SCRFD-shaped detector described in the module docstring.
+
+    width_penalty: the score falls by this much per cell of box width; at 0.015 a face filling the 640 px detector
+    input scores 0.4, under the threshold, as real detectors miss faces that fill the frame.
 
     strides=(8, 16, 32), anchors=2 is buffalo_l's layout (9 outputs with keypoints, 6 without);
     strides=(8, 16, 32, 64, 128), anchors=1 is the 5-stride layout (15 outputs with keypoints, 10 without).
@@ -92,7 +95,7 @@ def detector_model(strides=(8, 16, 32), anchors=2, keypoints=True):
                     wk[10 * i + 2 * j, 0], wk[10 * i + 2 * j, 1] = ax - 1, ax
                     wk[10 * i + 2 * j + 1, 2], wk[10 * i + 2 * j + 1, 3] = ay - 1, ay
             wf = np.zeros((a, 4, 1, 1), np.float32)
-            wf[:, 0], wf[:, 1] = -0.005, -0.005  # 1 - 0.005·(l + r)
+            wf[:, 0], wf[:, 1] = -width_penalty, -width_penalty  # 1 - width_penalty·(l + r)
             inits += [_const(p + "ws", np.full((a, 1, 1, 1), 20.0)), _const(p + "bs", np.full(a, -15.0)),
                       _const(p + "wb", wb), _const(p + "wk", wk), _const(p + "wf", wf), _const(p + "bf", np.ones(a))]
             nodes += [

@@ -39,6 +39,9 @@ def nodes(tmp_path_factory):
     pack = load_pack()
     root = tmp_path_factory.mktemp("face_models")
     sf.write_pack(root)
+    # a detector that misses faces filling the frame, as real ones do
+    sf.write_pack(root, "tight", {"det_10g.onnx": sf.detector_model(width_penalty=0.015),
+                                  "w600k_r50.onnx": sf.recognizer_model()})
     folder_paths.add_model_folder_path("insightface", str(root / "insightface"), is_default=True)
     return pack.NODE_CLASS_MAPPINGS
 
@@ -100,14 +103,24 @@ def test_embed_faces_finds_selects_and_crops(nodes, analyzer):
 
 def test_no_face_stops_or_gets_weight_zero(nodes, analyzer):
     images = comfy_image(face_image(ONE), np.zeros((512, 768, 3), np.uint8))
-    with pytest.raises(ValueError, match=r"^Embed Faces: onnxruntime .* found no face in image 2 of 2\. .*set no_face "
-                                         r"to 'skip'"):
+    with pytest.raises(ValueError, match=r"^Embed Faces: onnxruntime .* found no face in image 2 of 2, also with a "
+                                         r"margin added around it\. .*set no_face to 'skip'"):
         embed(nodes, analyzer, images)
     faces, crops = embed(nodes, analyzer, images, no_face="skip")
     assert faces.found.tolist() == [True, False]
     assert not faces.faces[1].normed_embedding.any() and crops[1].abs().sum() == 0
     with pytest.raises(ValueError, match=r"found fewer than 2 faces in the image"):
         embed(nodes, analyzer, images[:1], select="index from left", index=1)
+
+
+def test_a_face_that_fills_the_photo_is_found_with_a_margin(nodes, caplog):
+    (tight,) = nodes["LoadFaceAnalyzer"]().load("tight", "onnxruntime", "CPU")
+    close_up = comfy_image(sf.squares_image([(0, 0, 384)], 384, 384))
+    assert tight.analyzer.analyze(sf.squares_image([(0, 0, 384)], 384, 384)) == []
+    with caplog.at_level(logging.INFO, logger="ipadapter_dca"):
+        faces, _ = embed(nodes, tight, close_up)
+    assert faces.found.tolist() == [True] and faces.faces[0].box[2] - faces.faces[0].box[0] > 360
+    assert "the face in the image was found only with a margin around the photo" in caplog.text
 
 
 def test_bad_face_images(nodes, analyzer):

@@ -503,3 +503,23 @@ def test_insightface_backend_never_downloads(tmp_path, pack, no_downloads):
     gone = faces.ModelPack("buffalo_l", str(tmp_path / "insightface" / "models" / "buffalo_l"), "", "", "w600k_r50.onnx")
     with pytest.raises(faces.FaceModelError, match="not downloaded automatically"):
         faces.InsightFaceAnalyzer(gone, CPU)
+
+
+# --- a face that fills the frame --------------------------------------------------------------------------
+
+def test_a_face_that_fills_the_frame_is_found_with_a_margin(tmp_path):
+    """Detectors miss faces that fill the picture (a tight crop). This detector does too (its score falls with the
+    box width): the plain analysis finds nothing, the one with a black margin finds the face, in the image's pixels."""
+    sf.write_pack(tmp_path, files={"det_10g.onnx": sf.detector_model(width_penalty=0.015),
+                                   "w600k_r50.onnx": sf.recognizer_model()})
+    strict = faces.OnnxFaceAnalyzer(faces.find_model_pack(str(tmp_path)), CPU)
+    image = sf.squares_image([(0, 0, 512)], 512, 512)  # the face is the whole photo
+    assert strict.analyze(image) == []
+    found, padded = faces.analyze_with_margin(strict, image)
+    assert padded and len(found) == 1
+    assert inside(found[0].box, (0, 0, 512), tol=16) and found[0].box[2] - found[0].box[0] > 480
+    direct = strict.analyze(np.pad(image, ((256, 256), (256, 256), (0, 0))))[0]  # what the margin shows the detector
+    assert np.array_equal(found[0].landmarks, direct.landmarks - 256) and np.array_equal(found[0].crop, direct.crop)
+    assert np.array_equal(found[0].embedding, direct.embedding)
+    small = sf.squares_image(ONE, 512, 768)
+    assert faces.analyze_with_margin(strict, small)[1] is False  # found at once: no second try
