@@ -118,6 +118,15 @@ class Converter:
                 dropped.append(node["outputs"][old_slot]["name"])
         return new, dropped
 
+    def replace_or_add(self, node, kind, widgets, staying, outputs):
+        """(our node, a note for the report): ours in place of a loader `node`, or beside it when some of its users
+        (`staying`) are left as they are and keep the original."""
+        if not staying:
+            return self.replace(node, kind, widgets, {}, outputs)[0], ""
+        layout = ours.LAYOUT[kind]
+        new = self.wf.add_node(layout, kind, self.wf.free_spot(node["pos"], layout["size"]), widgets)
+        return new, f"; the original stays for {', '.join(label(t) for t in staying)}"
+
     def checkpoint_family(self, node):
         """SD1.5 or SDXL, from the name of the checkpoint feeding `node`'s model input (upstream through LoRAs and
         other model patches). None when no name tells."""
@@ -181,15 +190,12 @@ class Converter:
         staying = [t for t, _ in users if t["type"] not in CONVERTIBLE]
         widgets = {"ipadapter_file": file_name, **({"clip_vision": ours.AUTO} if needs_clip else {})}
         found = "; the image encoder is found in models/clip_vision by content" if needs_clip else ""
-        layout = ours.LAYOUT[kind]
-        if staying:  # some of its users stay as they are: keep it for them, and put ours beside it
-            new = self.wf.add_node(layout, kind, self.wf.free_spot(node["pos"], layout["size"]), widgets)
-            self.report.converted.append(f"{label(node)} -> #{new['id']} {ours.DISPLAY[kind]} ({how}); the "
-                                         f"original stays for {', '.join(label(t) for t in staying)}")
+        model_source = self.wf.source(node, "model") if unified else None
+        model_users = self.wf.consumers(node, 0) if unified else []
+        new, kept = self.replace_or_add(node, kind, widgets, staying, {adapter_slot: 0})
+        if kept:
+            self.report.converted.append(f"{label(node)} -> #{new['id']} {ours.DISPLAY[kind]} ({how}){kept}")
         else:
-            model_source = self.wf.source(node, "model") if unified else None
-            model_users = self.wf.consumers(node, 0) if unified else []
-            new, _ = self.replace(node, kind, widgets, {}, {adapter_slot: 0})
             for target, name in model_users:  # it passed the model through: link around it
                 if model_source is not None:
                     self.wf.connect(model_source, target, name)
@@ -426,14 +432,8 @@ class Converter:
         values = widget_values(node)
         widgets = {"pack": values["model_name"],
                    "provider": values["provider"] if values["provider"] in ours.PROVIDERS else "auto"}
-        staying = [t for t, _ in self.wf.consumers(node, 0) if t["type"] not in FACEID_APPLY]
-        if staying:  # another pack's node uses its INSIGHTFACE: keep it for them, and put ours beside it
-            layout = ours.LAYOUT["LoadFaceAnalyzer"]
-            new = self.wf.add_node(layout, "LoadFaceAnalyzer", self.wf.free_spot(node["pos"], layout["size"]), widgets)
-            kept = f"; the original stays for {', '.join(label(t) for t in staying)}"
-        else:
-            new, _ = self.replace(node, "LoadFaceAnalyzer", widgets, {}, {0: 0})
-            kept = ""
+        staying = [t for t, _ in self.wf.consumers(node, 0) if t["type"] not in FACEID_APPLY]  # another pack's
+        new, kept = self.replace_or_add(node, "LoadFaceAnalyzer", widgets, staying, {0: 0})
         self.analyzers[node["id"]] = new
         self.report.converted.append(f"{label(node)} -> #{new['id']} Load Face Analyzer ({widgets['pack']}: insightface "
                                      f"when it is installed, else onnxruntime on the same files{kept})")

@@ -157,8 +157,8 @@ def apply_image_prompt(node, model, ipadapter, image_prompt, weight, start_perce
                        style_boost=1.0, composition_boost=0.0, frame_weights="", s_scale=1.0, lora_strength=1.0):
     """What both Apply IP-Adapter nodes do (the plain one with the advanced inputs at their defaults): check, then
     patch a clone for an SD1.5/SDXL (CLIP or FaceID) adapter, or hand over to the Flux / SD3.5 glue."""
-    check_inputs(node, ipadapter, {"image_prompt": image_prompt},
-                 {"weight": weight, "composition_weight": composition_weight}, start_percent, end_percent)
+    check_inputs(node, ipadapter, {"image_prompt": image_prompt}, {"weight": weight, "composition_weight": composition_weight,
+                 "s_scale": s_scale, "lora_strength": lora_strength}, start_percent, end_percent)
     for name, value, allowed in (("weight_type", weight_type, WEIGHT_TYPES), ("kv_scaling", kv_scaling, KV_SCALING)):
         if value not in allowed:
             raise NodeInputError(f"{node}: '{name}' must be one of {list(allowed)}, got {value!r}.")

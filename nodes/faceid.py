@@ -8,7 +8,6 @@ so Apply's s_scale rebuilds u + s_scale * r without projecting again.
 """
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
@@ -108,11 +107,8 @@ def tokens_at(spec, parts: FaceTokens, s_scale):
 
 
 def check_faceid_options(node, spec, s_scale, lora_strength):
-    if is_faceid(spec):
-        for name, value in (("s_scale", s_scale), ("lora_strength", lora_strength)):
-            if not math.isfinite(value) or not -1.0 <= value <= 5.0:
-                raise NodeInputError(f"{node}: '{name}' must be a number from -1 to 5, got {value}.")
-    elif (s_scale, lora_strength) != (1.0, 1.0):
+    """s_scale and lora_strength (range-checked with the weights) only mean something to a FaceID adapter."""
+    if not is_faceid(spec) and (s_scale, lora_strength) != (1.0, 1.0):
         raise NodeInputError(f"{node}: s_scale and lora_strength are for FaceID adapters; the {spec.label} has "
                              "neither. Set both back to 1.")
 

@@ -100,6 +100,7 @@ class ImagePromptEntry:
         self.separate = mask is not None and mask.shape[0] > 1 and not per_frame  # one softmax per image
         self._kv = {}  # (layer index, device, dtype) -> K and V [2, n, T, D]; row 0 cond, row 1 uncond
         self._masks = {}  # (grid, device, dtype) -> [1 or n, L, 1]
+        self._frames = (None, None)  # ((window's frame indices, device), their index tensor): every layer reuses it
 
     def kv(self, site, device, dtype):
         key = (site.index, device, dtype)
@@ -122,8 +123,11 @@ class ImagePromptEntry:
             chunks = [1 - c for c in chunks]
         per_chunk = q.shape[0] // len(chunks)
         frames, total = window_frames(extra_options, per_chunk)
-        if frames is not None:  # one index tensor for this call's K, V, frame weights and masks
-            frames = torch.tensor(frames, device=q.device)
+        if frames is not None:  # one index tensor per window for K, V, frame weights and masks, made once
+            key = (tuple(frames), q.device)
+            if self._frames[0] != key:
+                self._frames = (key, torch.tensor(frames, device=q.device))
+            frames = self._frames[1]
         if self.per_frame and self.prompt.count not in (1, total):
             windowed = f" (sampled in context windows of {per_chunk})" if frames is not None else ""
             raise NodeInputError(

@@ -51,16 +51,23 @@ def image_proj_state(family, projection, embed_dim, gen, dtype=torch.float16):
         sd["proj_out.bias"] = _rand(gen, c, dtype=dtype)
         sd["norm_out.weight"] = 1 + _rand(gen, c, dtype=dtype, std=0.1)
         sd["norm_out.bias"] = _rand(gen, c, dtype=dtype)
-        for n in range(4):
-            p = f"layers.{n}."
-            for ln in ("0.norm1", "0.norm2", "1.0"):
-                sd[p + ln + ".weight"] = 1 + _rand(gen, dim, dtype=dtype, std=0.1)
-                sd[p + ln + ".bias"] = _rand(gen, dim, dtype=dtype)
-            sd[p + "0.to_q.weight"] = _rand(gen, inner, dim, dtype=dtype, std=dim**-0.5)
-            sd[p + "0.to_kv.weight"] = _rand(gen, 2 * inner, dim, dtype=dtype, std=dim**-0.5)
-            sd[p + "0.to_out.weight"] = _rand(gen, dim, inner, dtype=dtype, std=inner**-0.5)
-            sd[p + "1.1.weight"] = _rand(gen, 4 * dim, dim, dtype=dtype, std=dim**-0.5)
-            sd[p + "1.3.weight"] = _rand(gen, dim, 4 * dim, dtype=dtype, std=(4 * dim) ** -0.5)
+        sd.update(perceiver_layers_state("layers.", dim, inner, gen, dtype))
+    return sd
+
+
+def perceiver_layers_state(prefix, dim, inner, gen, dtype, depth=4):
+    """The Resampler's `depth` (PerceiverAttention, FeedForward) layers under `prefix`: dim wide, inner = heads * 64."""
+    sd = {}
+    for n in range(depth):
+        p = f"{prefix}{n}."
+        for ln in ("0.norm1", "0.norm2", "1.0"):
+            sd[p + ln + ".weight"] = 1 + _rand(gen, dim, dtype=dtype, std=0.1)
+            sd[p + ln + ".bias"] = _rand(gen, dim, dtype=dtype)
+        sd[p + "0.to_q.weight"] = _rand(gen, inner, dim, dtype=dtype, std=dim**-0.5)
+        sd[p + "0.to_kv.weight"] = _rand(gen, 2 * inner, dim, dtype=dtype, std=dim**-0.5)
+        sd[p + "0.to_out.weight"] = _rand(gen, dim, inner, dtype=dtype, std=inner**-0.5)
+        sd[p + "1.1.weight"] = _rand(gen, 4 * dim, dim, dtype=dtype, std=dim**-0.5)
+        sd[p + "1.3.weight"] = _rand(gen, dim, 4 * dim, dtype=dtype, std=(4 * dim) ** -0.5)
     return sd
 
 

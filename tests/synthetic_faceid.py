@@ -2,7 +2,7 @@
 §4.6; faceid-kolors.md §1.1), random values. `hidden_scale` narrows the UNet widths D as in synthetic.py."""
 
 import torch
-from synthetic import CROSS_DIM, _rand, image_proj_state, ip_layers_state
+from synthetic import CROSS_DIM, _rand, image_proj_state, ip_layers_state, perceiver_layers_state
 
 from ipadapter_core.layers import LAYERS
 
@@ -34,16 +34,7 @@ def perceiver_state(c, gen, dtype, embed=1280):
           "perceiver_resampler.proj_out.bias": _rand(gen, c, dtype=dtype),
           "perceiver_resampler.norm_out.weight": 1 + _rand(gen, c, dtype=dtype, std=0.1),
           "perceiver_resampler.norm_out.bias": _rand(gen, c, dtype=dtype)}
-    for n in range(4):
-        p = f"perceiver_resampler.layers.{n}."
-        for ln in ("0.norm1", "0.norm2", "1.0"):
-            sd[p + ln + ".weight"] = 1 + _rand(gen, c, dtype=dtype, std=0.1)
-            sd[p + ln + ".bias"] = _rand(gen, c, dtype=dtype)
-        sd[p + "0.to_q.weight"] = _rand(gen, c, c, dtype=dtype, std=c ** -0.5)
-        sd[p + "0.to_kv.weight"] = _rand(gen, 2 * c, c, dtype=dtype, std=c ** -0.5)
-        sd[p + "0.to_out.weight"] = _rand(gen, c, c, dtype=dtype, std=c ** -0.5)
-        sd[p + "1.1.weight"] = _rand(gen, 4 * c, c, dtype=dtype, std=c ** -0.5)
-        sd[p + "1.3.weight"] = _rand(gen, c, 4 * c, dtype=dtype, std=(4 * c) ** -0.5)
+    sd.update(perceiver_layers_state("perceiver_resampler.layers.", c, c, gen, dtype))
     return sd
 
 

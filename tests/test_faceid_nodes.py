@@ -328,6 +328,8 @@ def test_faces_and_images_go_to_the_adapters_that_read_them(nodes, analyzer):
                                          r"adapters"):
         base_prompt = nodes["EncodeImagePrompt"]().encode(clip_based, clip, image)[0]
         nodes["ApplyIPAdapterAdvanced"]().apply(model, clip_based, base_prompt, 1.0, 0.0, 1.0, lora_strength=0.6)
+    with pytest.raises(ValueError, match=r"^Apply IP-Adapter \(advanced\): 's_scale' must be a number from -1 to 5, got 9"):
+        nodes["ApplyIPAdapterAdvanced"]().apply(model, faceid, prompt, 1.0, 0.0, 1.0, s_scale=9.0)
     with pytest.raises(ValueError, match=r"^Apply IP-Adapter Style & Composition: sd15_faceid\.bin is a FaceID adapter"):
         nodes["ApplyIPAdapterStyleComposition"]().apply(model, faceid, prompt, prompt, 1.0, 1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match=r"^Combine Image Prompts: image prompt 1 is a FaceID prompt"):

@@ -90,9 +90,13 @@ def test_workflow_in_the_real_frontend_and_server(name, frontend, server):
     status, answer = server.post_prompt(report["output"])
     problems, missing = validation_problems(status, answer, report["output"])
     assert problems == [], f"{name}: the server's validation:\n" + "\n".join(problems)
-    named = {(node_id, k) for node_id, node in intended.items() for k in node["inputs"]
-             if k in FILE_INPUTS or (k == "image" and node["class_type"] in IMAGE_NODES)}
-    assert missing == named, f"{name}: validation should report every file the workflow names as missing"
+    assert missing == named_files(intended), f"{name}: validation should report every file the workflow names as missing"
+
+
+def named_files(prompt):
+    """The (node, input) pairs of a prompt that name a model or image file."""
+    return {(node_id, k) for node_id, node in prompt.items() for k in node["inputs"]
+            if k in FILE_INPUTS or (k == "image" and node["class_type"] in IMAGE_NODES)}
 
 
 CONVERTED = ["plus_advanced_model_loader", "plus_batch_and_layers", "plus_embeds_pipeline", "plus_load_embeds",
@@ -123,9 +127,7 @@ def test_converted_workflow_in_the_real_frontend_and_server(name, frontend, serv
     status, answer = server.post_prompt(report["output"])
     problems, missing = validation_problems(status, answer, report["output"])
     assert problems == [], f"{name} converted: the server's validation:\n" + "\n".join(problems)
-    named = {(node_id, k) for node_id, node in intended.items() for k in node["inputs"]
-             if k in FILE_INPUTS or (k == "image" and node["class_type"] in IMAGE_NODES)}
-    assert missing == named
+    assert missing == named_files(intended)
 
 
 def test_the_canvas_command_converts_through_the_real_server(frontend, server, tmp_path):
