@@ -53,6 +53,10 @@ class AdapterSpec:
         return len(LAYERS[self.family])
 
     @property
+    def reference_weight(self) -> float:
+        return 1.0  # the authors' IPAdapter.generate(scale=1.0)
+
+    @property
     def label(self) -> str:
         kind = {"base": "IP-Adapter", "full-face": "IP-Adapter full-face", "plus": "IP-Adapter plus"}[self.projection]
         return f"{FAMILY_NAMES[self.family]} {kind} ({self.num_tokens} tokens, needs CLIP vision {self.encoder.name})"

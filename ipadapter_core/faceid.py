@@ -76,6 +76,10 @@ class FaceIDSpec:
         return len(LAYERS[self.family])
 
     @property
+    def reference_weight(self) -> float:
+        return 1.0  # the authors' IPAdapterFaceID*.generate(scale=1.0)
+
+    @property
     def label(self) -> str:
         extra = f", {self.decided_by}" if self.variant in RELEASES else ""
         return f"{FAMILY_NAMES[self.family]} {LABELS[self.variant]} IP-Adapter ({self.num_tokens} tokens per face{extra})"

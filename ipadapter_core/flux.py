@@ -43,6 +43,11 @@ class FluxAdapterSpec:
         return "black image" if self.projection == "xlabs" else "none"
 
     @property
+    def reference_weight(self) -> float:
+        """XLabs' main.py ip_scale=1.0; InstantX's example pipeline scale=0.7."""
+        return 1.0 if self.projection == "xlabs" else 0.7
+
+    @property
     def label(self) -> str:
         kind = {"xlabs": "XLabs", "instantx": "InstantX"}[self.projection]
         return f"Flux.1 {kind} IP-Adapter ({self.num_tokens} tokens, needs {self.encoder.name})"

@@ -51,6 +51,10 @@ class SD3AdapterSpec:
         return "zero features"
 
     @property
+    def reference_weight(self) -> float:
+        return 0.5  # diffusers' SD3IPAdapterJointAttnProcessor2_0(scale=0.5)
+
+    @property
     def label(self) -> str:
         return f"SD3.5-Large InstantX IP-Adapter ({self.num_tokens} tokens, needs {self.encoder.name})"
 

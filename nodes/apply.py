@@ -202,7 +202,8 @@ def apply_image_prompt(node, model, ipadapter, image_prompt, weight, start_perce
 MODEL_TOOLTIP = "The SD1.5 or SDXL model to steer. It is not changed: a patched copy is returned."
 ADAPTER_TOOLTIP = "The IP-Adapter from Load IP-Adapter; the same one that encoded the image prompt."
 WEIGHT_TOOLTIP = ("How strongly the image steers the picture. 1.0 for an image-only prompt; about 0.5 when a text prompt "
-                  "should matter too; 0 turns the adapter off; negative values push away from the image.")
+                  "should matter too; 0 turns the adapter off; negative values push away from the image. A new node "
+                  "starts at the connected adapter's reference weight (SD3.5-Large 0.5, InstantX Flux 0.7, others 1.0).")
 START_TOOLTIP = "When the adapter starts acting, as a fraction of the sampling steps (0 = from the first step)."
 END_TOOLTIP = ("When the adapter stops acting (1 = until the last step). Ending early keeps the composition from the "
                "image but leaves details to the text prompt.")
