@@ -193,6 +193,76 @@ def run_canvas_command(frontend, label, command, done_js, timeout_ms=30000):
     return result
 
 
+# Canvas edits as a user makes them: a node added from the menu, a link dragged, a widget set (its callback runs).
+ADD_NODE_JS = """([type, x, y]) => {
+  const node = LiteGraph.createNode(type); node.pos = [x, y]; window.app.graph.add(node); return node.id;
+}"""
+CONNECT_JS = """([from, slot, to, input]) => {
+  const graph = window.app.graph, target = graph.getNodeById(to);
+  graph.getNodeById(from).connect(slot, target, typeof input === "number" ? input : target.findInputSlot(input));
+}"""
+SET_WIDGET_JS = """([id, name, value]) => {
+  const node = window.app.graph.getNodeById(id);
+  node.widgets.find(w => w.name === name).setValue(value, {e: undefined, node, canvas: window.app.canvas});
+}"""
+WIDGET_JS = "([id, name]) => window.app.graph.getNodeById(id).widgets.find(w => w.name === name).value"
+ADAPTER_ROUTE = "/ipadapter_dca/adapter"
+
+
+def reference_weights_as_a_user_sees_them(frontend, files):
+    """What web/reference_weight.js does to the weight of Apply nodes while a user builds a graph, step by step:
+    {step: weight shown}. `files` names the models/ipadapter files {"sd35", "sd15", "instantx", "broken"}."""
+    page, seen = frontend.page, {}
+    frontend.clear()
+
+    def add(kind, x, y=100):
+        return page.evaluate(ADD_NODE_JS, [kind, x, y])
+
+    def asking(action):
+        """Run `action`, which must make the canvas ask the route once; wait for the answer and its effect."""
+        with page.expect_response(lambda r: ADAPTER_ROUTE in r.url, timeout=30000):
+            action()
+        page.wait_for_timeout(150)
+
+    def weight(node):
+        return page.evaluate(WIDGET_JS, [node, "weight"])
+
+    loader, apply = add("LoadIPAdapter", 50), add("ApplyIPAdapter", 500)
+    page.evaluate(SET_WIDGET_JS, [loader, "ipadapter_file", files["sd35"]])
+    seen["new node"] = weight(apply)
+    asking(lambda: page.evaluate(CONNECT_JS, [loader, 0, apply, "ipadapter"]))
+    seen["connected to SD3.5"] = weight(apply)
+    asking(lambda: page.evaluate(SET_WIDGET_JS, [loader, "ipadapter_file", files["sd15"]]))
+    seen["file changed to SD1.5"] = weight(apply)
+    asking(lambda: page.evaluate(SET_WIDGET_JS, [loader, "ipadapter_file", files["instantx"]]))
+    seen["file changed to InstantX Flux"] = weight(apply)
+    page.evaluate(SET_WIDGET_JS, [apply, "weight", 0.8])
+    asked = sum(ADAPTER_ROUTE in r.url for r in frontend.requests)
+    page.evaluate(SET_WIDGET_JS, [loader, "ipadapter_file", files["sd35"]])
+    page.wait_for_timeout(500)
+    seen["set by the user, then the file changed"] = weight(apply)
+    seen["asked after the user set it"] = sum(ADAPTER_ROUTE in r.url for r in frontend.requests) - asked
+    advanced, reroute, through = add("ApplyIPAdapterAdvanced", 500, 400), add("Reroute", 300, 700), add("ApplyIPAdapter", 500, 700)
+    asking(lambda: page.evaluate(CONNECT_JS, [loader, 0, advanced, "ipadapter"]))
+    seen["advanced node connected to SD3.5"] = weight(advanced)
+    page.evaluate(CONNECT_JS, [loader, 0, reroute, 0])  # a Reroute has one unnamed input
+    asking(lambda: page.evaluate(CONNECT_JS, [reroute, 0, through, "ipadapter"]))
+    seen["connected through a Reroute"] = weight(through)
+    broken, fourth = add("LoadIPAdapter", 50, 1000), add("ApplyIPAdapter", 500, 1000)
+    page.evaluate(SET_WIDGET_JS, [broken, "ipadapter_file", files["broken"]])
+    asking(lambda: page.evaluate(CONNECT_JS, [broken, 0, fourth, "ipadapter"]))
+    seen["connected to a file that is not an adapter"] = weight(fourth)
+    # the graph saved and opened again: every weight is the one saved, and stays when the file changes
+    asked = sum(ADAPTER_ROUTE in r.url for r in frontend.requests)
+    page.evaluate("async () => { await window.app.loadGraphData(window.app.graph.serialize()); }")
+    page.wait_for_timeout(500)
+    seen["asked when the workflow was opened"] = sum(ADAPTER_ROUTE in r.url for r in frontend.requests) - asked
+    page.evaluate(SET_WIDGET_JS, [loader, "ipadapter_file", files["sd15"]])
+    page.wait_for_timeout(500)
+    seen["opened from a workflow, then the file changed"] = [weight(n) for n in (apply, advanced, through, fourth)]
+    return seen
+
+
 def overlaps(nodes):
     """Pairs of nodes whose drawn boxes (title bar included) intersect."""
     found = []

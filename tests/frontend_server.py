@@ -21,6 +21,7 @@ UNRECORDED = {"/api/view"}
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "frontend_recording.json")
 WEB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "web")  # the pack's extension files
 CONVERT_ROUTE = "/ipadapter_dca/convert"
+ADAPTER_ROUTE = "/ipadapter_dca/adapter"  # answered by the pack's own handlers, never recorded
 
 
 def own_extension_file(path):
@@ -75,21 +76,23 @@ class StandinServer:
                 return web.FileResponse(file)
             if own_extension_file(request.path):
                 return web.FileResponse(own_extension_file(request.path))
+            if request.path in (ADAPTER_ROUTE, "/api" + ADAPTER_ROUTE):
+                return await self.pack_route("adapter", request)
         elif request.method == "POST" and request.path.startswith("/api/settings/"):
             self.settings[request.path.rsplit("/", 1)[1]] = await request.json()
             return web.json_response({})
         elif request.method == "POST" and request.path in (CONVERT_ROUTE, "/api" + CONVERT_ROUTE):  # ComfyUI serves both
-            return await self.convert_route(request)
+            return await self.pack_route("convert", request)
         if request.path not in UNRECORDED:
             self.unrecorded.append(f"{request.method} {key}")
         return web.Response(status=404)
 
     @staticmethod
-    async def convert_route(request):
-        """The pack's own route handler, run against the stand-in host (its models folders are empty)."""
+    async def pack_route(handler, request):
+        """The pack's own route handler, run against the stand-in host's models folders."""
         from standin_host import pack_module
 
-        return await pack_module("nodes.convert_route").convert(request)
+        return await getattr(pack_module("nodes.routes"), handler)(request)
 
     async def _websocket(self, request):
         ws = web.WebSocketResponse()
@@ -148,6 +151,8 @@ def recording_from_responses(responses, base_url, keep_classes, comfyui_version)
         if os.path.isfile(os.path.join(static, url.path.lstrip("/"))) or url.path in UNRECORDED:
             continue
         if own_extension_file(url.path):  # the pack's own scripts: served from web/, not recorded
+            continue
+        if url.path.removeprefix("/api") in (CONVERT_ROUTE, ADAPTER_ROUTE):  # the pack's routes: run, not recorded
             continue
         key = url.path + (f"?{url.query}" if url.query else "")
         body = None

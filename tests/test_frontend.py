@@ -228,3 +228,18 @@ def test_the_convert_route_answers_bad_requests_with_the_reason(server):
     assert post(b"not json") == (400, {"error": 'expected {"workflow": <the graph>}'})
     status, answer = post(json.dumps({"workflow": {"3": {"class_type": "KSampler"}}}).encode())
     assert status == 400 and answer["error"].startswith("expected a ComfyUI workflow")
+
+
+def test_a_new_apply_node_takes_its_adapters_reference_weight_until_the_user_sets_one(frontend, tmp_path):
+    """web/reference_weight.js in the real frontend, with the pack's route answering from synthetic files."""
+    from frontend_browser import reference_weights_as_a_user_sees_them
+    from reference_weight_files import STEPS, CANVAS_FILES, write_family_files
+    from standin_host import folder_paths
+
+    write_family_files(tmp_path)
+    folder_paths.add_model_folder_path("ipadapter", str(tmp_path))
+    try:
+        seen = reference_weights_as_a_user_sees_them(frontend, CANVAS_FILES)
+    finally:
+        folder_paths.folder_names_and_paths["ipadapter"][0].remove(str(tmp_path))
+    assert seen == STEPS

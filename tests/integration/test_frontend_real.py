@@ -149,6 +149,23 @@ def test_the_canvas_command_converts_through_the_real_server(frontend, server, t
     assert all(n["registered"] for n in report["nodes"]) and report["dialogs"] == []
 
 
+def test_a_new_apply_node_takes_its_adapters_reference_weight_from_the_real_server(frontend, server):
+    """web/reference_weight.js in the real frontend, asking the pack's route on the real server about synthetic files
+    in its models/ipadapter (removed after, so the other checks still find no models)."""
+    import shutil
+
+    from frontend_browser import reference_weights_as_a_user_sees_them
+    from reference_weight_files import CANVAS_FILES, STEPS, write_family_files
+
+    folder = os.path.join(server.base, "models", "ipadapter")
+    os.makedirs(folder, exist_ok=True)
+    write_family_files(folder)
+    try:
+        seen = reference_weights_as_a_user_sees_them(frontend, CANVAS_FILES)
+    finally:
+        shutil.rmtree(folder)
+    assert seen == STEPS
+
 def test_frontend_nodes_fixture_matches_the_real_frontend(frontend):
     from workflow_format import load_frontend_nodes
 
