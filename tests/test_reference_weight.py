@@ -51,6 +51,8 @@ def test_faceid_takes_the_authors_weight():
 def test_a_file_that_is_not_there_or_not_an_adapter_is_answered_with_the_reason(files):
     assert ask("?file=missing.bin") == (404, {"error": "no file 'missing.bin' in models/ipadapter"})
     assert ask("") == (404, {"error": "no file '' in models/ipadapter"})
+    outside = f"../{os.path.basename(os.path.dirname(folder_paths.get_full_path('ipadapter', BROKEN)))}/{BROKEN}"
+    assert ask(f"?file={outside}")[0] == 404  # a name is looked up inside the models folders only
     status, answer = ask(f"?file={BROKEN}")
     assert status == 400 and answer["error"].startswith(f"IP-Adapter file '{BROKEN}' is not a readable .safetensors")
 

@@ -42,6 +42,7 @@ def get_filename_list(folder_name):
 
 
 def get_full_path(folder_name, filename):
+    filename = os.path.relpath(os.path.join("/", filename), "/")  # as ComfyUI: never outside the folder
     for path in folder_names_and_paths.get(folder_name, ([], set()))[0]:
         full = os.path.join(path, filename)
         if os.path.isfile(full):
