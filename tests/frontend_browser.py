@@ -248,6 +248,10 @@ def reference_weights_as_a_user_sees_them(frontend, files):
     page.evaluate(CONNECT_JS, [loader, 0, reroute, 0])  # a Reroute has one unnamed input
     asking(lambda: page.evaluate(CONNECT_JS, [reroute, 0, through, "ipadapter"]))
     seen["connected through a Reroute"] = weight(through)
+    late_reroute, late = add("Reroute", 300, 850), add("ApplyIPAdapter", 500, 850)
+    page.evaluate(CONNECT_JS, [late_reroute, 0, late, "ipadapter"])
+    asking(lambda: page.evaluate(CONNECT_JS, [loader, 0, late_reroute, 0]))
+    seen["a Reroute linked to the loader last"] = weight(late)
     broken, fourth = add("LoadIPAdapter", 50, 1000), add("ApplyIPAdapter", 500, 1000)
     page.evaluate(SET_WIDGET_JS, [broken, "ipadapter_file", files["broken"]])
     asking(lambda: page.evaluate(CONNECT_JS, [broken, 0, fourth, "ipadapter"]))
@@ -259,7 +263,7 @@ def reference_weights_as_a_user_sees_them(frontend, files):
     seen["asked when the workflow was opened"] = sum(ADAPTER_ROUTE in r.url for r in frontend.requests) - asked
     page.evaluate(SET_WIDGET_JS, [loader, "ipadapter_file", files["sd15"]])
     page.wait_for_timeout(500)
-    seen["opened from a workflow, then the file changed"] = [weight(n) for n in (apply, advanced, through, fourth)]
+    seen["opened from a workflow, then the file changed"] = [weight(n) for n in (apply, advanced, through, late, fourth)]
     return seen
 
 

@@ -33,9 +33,10 @@ STEPS = {
     "asked after the user set it": 0,
     "advanced node connected to SD3.5": 0.5,
     "connected through a Reroute": 0.5,
+    "a Reroute linked to the loader last": 0.5,
     "connected to a file that is not an adapter": 1.0,
     "asked when the workflow was opened": 0,
-    "opened from a workflow, then the file changed": [0.8, 0.5, 0.5, 1.0],
+    "opened from a workflow, then the file changed": [0.8, 0.5, 0.5, 0.5, 1.0],
 }
 CANVAS_FILES = {"sd35": "sd35_large.bin", "sd15": "sd15_base.safetensors", "instantx": "flux_instantx.bin",
                 "broken": BROKEN}
