@@ -4,10 +4,10 @@ from ..converter.ours import DISPLAY
 from .apply import ApplyIPAdapter, ApplyIPAdapterAdvanced, ApplyIPAdapterStyleComposition
 from .encode import CombineImagePrompts, EncodeImagePrompt
 from .faces import EmbedFaces, LoadFaceAnalyzer, register_face_folder
-from .loader import LoadIPAdapter, LoadIPAdapterAndEncoder, register_model_folder
+from .loader import LoadIPAdapter, LoadIPAdapterAndEncoder, register_adapter_folder
 from .prompt_files import LoadImagePrompt, SaveImagePrompt
 
-register_model_folder()
+register_adapter_folder()
 register_face_folder()
 
 NODE_CLASS_MAPPINGS = {

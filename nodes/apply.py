@@ -199,7 +199,8 @@ def apply_image_prompt(node, model, ipadapter, image_prompt, weight, start_perce
     return (patched,)
 
 
-MODEL_TOOLTIP = "The SD1.5 or SDXL model to steer. It is not changed: a patched copy is returned."
+MODEL_TOOLTIP = ("The model to steer (SD1.5, SDXL, Flux.1 or SD3.5-Large: the one the adapter is for). It is not "
+                 "changed: a patched copy is returned.")
 ADAPTER_TOOLTIP = "The IP-Adapter from Load IP-Adapter; the same one that encoded the image prompt."
 WEIGHT_TOOLTIP = ("How strongly the image steers the picture. 1.0 for an image-only prompt; about 0.5 when a text prompt "
                   "should matter too; 0 turns the adapter off; negative values push away from the image. A new node "
@@ -340,7 +341,8 @@ class ApplyIPAdapterStyleComposition:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": MODEL_TOOLTIP}),
+                "model": ("MODEL", {"tooltip": "The SD1.5 or SDXL model to steer. It is not changed: a patched copy "
+                                               "is returned."}),
                 "ipadapter": (ADAPTER_TYPE, {"tooltip": ADAPTER_TOOLTIP}),
                 "style_prompt": (PROMPT_TYPE, {"tooltip": "The image prompt whose style (colour, material, "
                                                           "atmosphere) the picture takes."}),

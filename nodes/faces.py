@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..ipadapter_core import faces as face_backend
-from .common import CATEGORY, NodeInputError, logger
+from .common import CATEGORY, NodeInputError, logger, register_model_folder
 
 ANALYZER_TYPE = "IPA_DCA_FACE_ANALYZER"
 FACES_TYPE = "IPA_DCA_FACES"
@@ -24,11 +24,8 @@ MIN_SIDE = 32  # a face in a smaller image is too small for the detector and the
 
 
 def register_face_folder():
-    """models/insightface, the folder the other face packs use; paths another pack registered are kept."""
-    paths, extensions = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
-    default = os.path.join(folder_paths.models_dir, FOLDER)
-    paths = list(paths) + ([default] if default not in paths else [])
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(extensions) | {".onnx"})
+    """models/insightface, the folder the other face packs use."""
+    register_model_folder(FOLDER, {".onnx"})
 
 
 def face_roots():

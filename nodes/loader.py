@@ -10,19 +10,14 @@ import folder_paths
 
 from ..ipadapter_core import AdapterFileError, IPAdapter, load_adapter
 from ..ipadapter_core import encoders
-from .common import ADAPTER_TYPE, CATEGORY, logger
+from .common import ADAPTER_TYPE, CATEGORY, logger, register_model_folder
 
 FOLDER = "ipadapter"
 EXTENSIONS = {".safetensors", ".bin"}
 
 
-def register_model_folder():
-    """Add models/ipadapter, keeping paths extra_model_paths.yaml (or another pack) already gave the key."""
-    paths, extensions = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
-    default = os.path.join(folder_paths.models_dir, FOLDER)
-    paths = list(paths) + ([default] if default not in paths else [])
-    # an empty set means "every file" to folder_paths; keep other packs' extensions, add ours
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(extensions) | EXTENSIONS)
+def register_adapter_folder():
+    register_model_folder(FOLDER, EXTENSIONS)
 
 
 @dataclass(eq=False)

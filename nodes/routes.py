@@ -57,7 +57,7 @@ async def adapter(request):
     from aiohttp import web
 
     name = request.query.get("file", "")
-    path = folder_paths.get_full_path(FOLDER, name) if name else None
+    path = folder_paths.get_full_path(FOLDER, name)
     if path is None:
         return web.json_response({"error": f"no file '{name}' in models/{FOLDER}"}, status=404)
     try:  # reading a file takes a moment: not on the server's event loop

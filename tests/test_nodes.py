@@ -98,7 +98,7 @@ def test_model_folder_keeps_paths_given_before(pack):
     saved = folder_paths.folder_names_and_paths.get("ipadapter")
     try:
         folder_paths.folder_names_and_paths["ipadapter"] = (["/mnt/shared/ipadapter"], {".pth"})
-        loader.register_model_folder()
+        loader.register_adapter_folder()
         paths, extensions = folder_paths.folder_names_and_paths["ipadapter"]
         assert paths == ["/mnt/shared/ipadapter", os.path.join(folder_paths.models_dir, "ipadapter")]
         assert extensions == {".pth", ".safetensors", ".bin"}

@@ -39,9 +39,10 @@ async function referenceWeight(file) {
 }
 
 async function followAdapter(node) {
+  if (!node.ipaWeightFollows) return;
   const loader = loaderOf(node);
   const file = loader && widget(loader, "ipadapter_file")?.value;
-  if (!node.ipaWeightFollows || !file) return;
+  if (!file) return;
   const weight = await referenceWeight(file);
   const target = widget(node, "weight");
   // the answer may come after the user set the weight or rewired: then it no longer applies
